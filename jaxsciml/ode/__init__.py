@@ -1,0 +1,3 @@
+"""jaxsciml.ode."""
+
+__all__: list[str] = []

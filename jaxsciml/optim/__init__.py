@@ -1,0 +1,3 @@
+"""jaxsciml.optim."""
+
+__all__: list[str] = []

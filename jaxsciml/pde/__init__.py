@@ -1,0 +1,3 @@
+"""jaxsciml.pde."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""jaxsciml.train."""
+
+__all__: list[str] = []
