@@ -100,9 +100,15 @@ def write_results(
     payload = {"name": name, "machine": machine_info(), "config": config or {}, "tables": tables, "notes": notes}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     m = payload["machine"]
-    md = [f"# {name}", "", f"- date: {m['date']}", f"- machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}",
-          f"- backend: {m['jax_backend']}, python {m['python']}",
-          "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
+    md = [
+        f"# {name}",
+        "",
+        f"- date: {m['date']}",
+        f"- machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}",
+        f"- backend: {m['jax_backend']}, python {m['python']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+    ]
     if config:
         md += ["config: `" + json.dumps(config, default=str) + "`", ""]
     for title, rows in tables.items():

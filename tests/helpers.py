@@ -74,8 +74,9 @@ def assert_transformable(
     in_axes = jax.tree_util.tree_map(lambda x: 0 if isinstance(x, jax.Array | np.ndarray) else None, args)
     vm = jax.vmap(fn, in_axes=in_axes)(*stacked)
     for i in range(batch):
-        single = fn(*jax.tree_util.tree_map(lambda x: x[i] if isinstance(x, jax.Array) else x, stacked))
-        assert_tree_allclose(jax.tree_util.tree_map(lambda y: y[i], vm), single, rtol=rtol, atol=atol)
+        pick = lambda x, i=i: x[i] if isinstance(x, jax.Array) else x
+        single = fn(*jax.tree_util.tree_map(pick, stacked))
+        assert_tree_allclose(jax.tree_util.tree_map(pick, vm), single, rtol=rtol, atol=atol)
 
     if not check_grad:
         return
