@@ -1,0 +1,203 @@
+"""A diffrax solver wrapper that accumulates solver heuristics over the accepted steps.
+
+For an adaptive explicit Runge--Kutta step from ``t_k`` with size ``h_k`` the inner solver returns ``y_{k+1}``, an
+embedded local error estimate ``e_k`` and its stages ``k_i = h_k f(t_k + c_i h_k, Y_i)`` (in ``dense_info["k"]``).
+:class:`HeuristicSolver` delegates every ``step`` to the inner solver, leaves ``y``, the error estimate and the dense
+output untouched, and adds
+
+- the error-estimate heuristic ``||e_k||_w |h_k|`` with the step-size controller's weighted norm
+  ``||e||_w = norm(e / (atol + rtol * max(|y_k|, |y_{k+1}|)))`` (``norm`` defaults to the RMS norm, as in
+  :class:`diffrax.PIDController`), and
+- the stiffness heuristic ``lambda_k |h_k|`` with the Shampine--Hairer estimate
+  ``lambda_k = ||f(t, Y_a) - f(t, Y_b)||_2 / ||Y_a - Y_b||_2`` from two stages ``a, b`` evaluated at the same time
+  ``t = t_k + c_a h_k = t_k + c_b h_k``. In k-space: ``lambda_k h_k = ||k_a - k_b|| / ||sum_j (A_aj - A_bj) k_j||``
+  (with ``A`` the full Butcher matrix, whose last row is ``b`` for FSAL/SSAL tableaux),
+
+to two scalars carried in its ``solver_state``. ``diffrax.diffeqsolve`` keeps the solver state of accepted steps only,
+so the accumulators sum exactly over the accepted steps (Pal et al., ICML 2021, arXiv 2105.03918).
+
+Stage pairs (0-based stage indices, both at ``c = 1``):
+
+- ``Tsit5``: stages 5 and 6 (6 is the FSAL stage ``f(t_{k+1}, y_{k+1})``);
+- ``Dopri5``: stages 5 and 6 (6 is the FSAL stage);
+- ``Dopri8``: stages 12 and 13 (13 is the FSAL stage);
+- ``Bosh3`` (``c = 0, 1/2, 3/4, 1``) and ``Heun`` (``c = 0, 1``): no two stages share a time point, the stiffness
+  estimate is undefined and requesting it raises a ``ValueError``. The error heuristic works for any solver with an
+  embedded error estimate (all :class:`diffrax.AbstractAdaptiveSolver`, including SDE solvers such as ``Heun`` or
+  ``SPaRK`` on an SDE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, PyTree, Scalar
+
+__all__ = ["HeuristicSolver", "HeuristicState", "stiffness_stage_pair"]
+
+
+def _full_butcher_matrix(tableau: dfx.ButcherTableau) -> np.ndarray:
+    """The ``(s, s)`` lower-triangular Butcher matrix ``A`` (first row zero)."""
+    s = tableau.num_stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : len(row)] = np.asarray(row)
+    return a
+
+
+def stiffness_stage_pair(solver: dfx.AbstractSolver) -> tuple[int, int]:
+    """The last two stage indices ``(a, b)``, ``a < b``, of an explicit RK solver evaluated at the same time.
+
+    Raises ``ValueError`` when ``solver`` is not an explicit Runge--Kutta method or has no such pair (``Bosh3``,
+    ``Heun``, ``Ralston``, ``Midpoint``): the Shampine--Hairer stiffness estimate is then undefined.
+    """
+    inner = solver.solver if isinstance(solver, HeuristicSolver) else solver
+    tableau = getattr(inner, "tableau", None)
+    if not isinstance(inner, dfx.AbstractERK) or not isinstance(tableau, dfx.ButcherTableau):
+        raise ValueError(
+            f"the stiffness heuristic needs an explicit Runge--Kutta solver with a Butcher tableau, got "
+            f"solver={type(inner).__name__}; use heuristics=('error',) for this solver."
+        )
+    c = np.concatenate([[0.0], np.asarray(tableau.c, dtype=float)])
+    for b in range(len(c) - 1, 0, -1):
+        same = [a for a in range(b) if c[a] == c[b]]
+        if same:
+            return same[-1], b
+    raise ValueError(
+        f"the stiffness heuristic is undefined for solver={type(inner).__name__}: no two of its stages are evaluated "
+        f"at the same time point (c = {c.tolist()}). Use a solver such as diffrax.Tsit5/Dopri5/Dopri8 or "
+        "heuristics=('error',)."
+    )
+
+
+def _tree_two_norm(x: PyTree[Array]) -> Scalar:
+    return optx.two_norm(x)
+
+
+def _stiffness_times_h(solver: dfx.AbstractSolver, pair: tuple[int, int], ks: PyTree[Array]) -> Scalar:
+    """``lambda h = ||k_a - k_b|| / ||Y_a - Y_b||`` from the stages ``ks`` (leading stage axis)."""
+    a, b = pair
+    amat = _full_butcher_matrix(solver.tableau)
+    if solver.tableau.ssal and b == solver.tableau.num_stages - 1:
+        amat[b, :] = np.asarray(solver.tableau.b_sol)  # the FSAL stage is evaluated at y_{k+1}
+    coeff = amat[a] - amat[b]
+    num = _tree_two_norm(jtu.tree_map(lambda k: k[a] - k[b], ks))
+    dy = jtu.tree_map(lambda k: jnp.tensordot(jnp.asarray(coeff, k.dtype), k, axes=1), ks)
+    den = _tree_two_norm(dy)
+    safe = jnp.where(den > 0, den, 1.0)
+    return jnp.where(den > 0, num / safe, 0.0)
+
+
+class HeuristicState(eqx.Module):
+    """Solver state of :class:`HeuristicSolver`: the inner solver's state plus the two accumulators (scalars)."""
+
+    inner: Any
+    error: Scalar
+    stiffness: Scalar
+
+
+class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
+    """Wraps an adaptive diffrax solver and accumulates ``R_E = sum_k ||e_k||_w |h_k|`` and
+    ``R_S = sum_k lambda_k |h_k|`` over the accepted steps (see the module docstring for the maths and stage pairs).
+
+    **Arguments:**
+
+    - ``solver``: the inner adaptive solver (it does every step; ``y``, error estimate and dense output are its own).
+    - ``rtol``, ``atol``: the tolerances of the step-size controller (so ``||.||_w`` is the norm the controller uses).
+    - ``norm``: the controller's norm (default ``optimistix.rms_norm``, diffrax's default).
+    - ``record_error``, ``record_stiffness``: which heuristics to accumulate (the other stays ``0``).
+
+    Read the accumulators from ``diffeqsolve(..., saveat=SaveAt(..., solver_state=True)).solver_state``, a
+    :class:`HeuristicState`. Gradients flow through them with diffrax's discrete adjoints
+    (``RecursiveCheckpointAdjoint``, ``DirectAdjoint``); diffrax treats step sizes as constants (``stop_gradient`` in
+    its controllers), so the gradient is that of the sum along the fixed accepted step sequence.
+    """
+
+    solver: dfx.AbstractSolver
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar] = optx.rms_norm
+    record_error: bool = eqx.field(static=True, default=True)
+    record_stiffness: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        if not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
+            raise TypeError(
+                f"solver={type(self.solver).__name__} has no embedded error estimate (not a "
+                "diffrax.AbstractAdaptiveSolver); use e.g. diffrax.Tsit5, Dopri5, Dopri8, Bosh3 or Heun."
+            )
+        if isinstance(self.solver, dfx.AbstractImplicitSolver):
+            raise TypeError(f"implicit solvers are not supported, got solver={type(self.solver).__name__}")
+        if self.record_stiffness:
+            stiffness_stage_pair(self.solver)
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args) -> HeuristicState:
+        inner = self.solver.init(terms, t0, t1, y0, args)
+        dtype = jnp.result_type(*[jnp.asarray(x) for x in jtu.tree_leaves(y0)], jnp.asarray(t0))
+        if not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.result_type(float)
+        zero = jnp.zeros((), dtype)
+        return HeuristicState(inner=inner, error=zero, stiffness=zero)
+
+    def step(self, terms, t0, t1, y0, args, solver_state: HeuristicState, made_jump):
+        y1, y_error, dense_info, inner, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state.inner, made_jump
+        )
+        h = jnp.abs(t1 - t0)
+        error = solver_state.error
+        stiffness = solver_state.stiffness
+        if self.record_error:
+            error = error + self.local_error(y0, y1, y_error) * h
+        if self.record_stiffness:
+            pair = stiffness_stage_pair(self.solver)
+            stiffness = stiffness + _stiffness_times_h(self.solver, pair, dense_info["k"]).astype(stiffness.dtype)
+        error = error.astype(solver_state.error.dtype)
+        new_state = HeuristicState(inner=inner, error=error, stiffness=stiffness)
+        return y1, y_error, dense_info, new_state, result
+
+    def local_error(self, y0: PyTree[Array], y1: PyTree[Array], y_error: PyTree[Array]) -> Scalar:
+        """``||e||_w``: the controller's scaled error norm of one step (without the ``|h|`` factor)."""
+        if y_error is None:
+            raise ValueError(f"solver={type(self.solver).__name__} returned no error estimate")
+
+        def scale(a, b, e):
+            with jax.numpy_dtype_promotion("standard"):
+                return e / (self.atol + jnp.maximum(jnp.abs(a), jnp.abs(b)) * self.rtol)
+
+        return self.norm(jtu.tree_map(scale, y0, y1, y_error))
+
+    def local_stiffness(self, dense_info: dict) -> Scalar:
+        """``lambda h`` of one step from its stages (see the module docstring)."""
+        return _stiffness_times_h(self.solver, stiffness_stage_pair(self.solver), dense_info["k"])
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
