@@ -1,3 +1,26 @@
-"""jaxsciml.optim."""
+"""jaxsciml.optim: Shampoo-style optimizers as optax transformations.
 
-__all__: list[str] = []
+- :func:`shampoo` / :func:`scale_by_shampoo`: blocked Kronecker-factored preconditioning with grafting, momentum,
+  decoupled weight decay, eigh or coupled-Newton roots (batched over blocks, optionally spread over a device mesh),
+  4-bit eigenvector state (``quantize_eigenvectors=True``) and New-Perspective power iterations;
+- :func:`soap` / :func:`scale_by_soap`: eigenvalue-corrected Shampoo (Adam in the Kronecker eigenbasis);
+- :func:`state_memory_bytes`, :func:`memory_breakdown`, :func:`preconditioner_memory_bytes`: optimizer-state memory.
+"""
+
+from ._blocking import BlockPlan, make_plan
+from ._quant import QuantizedMatrix, bjorck, dequantize, linear_square_codebook, quantize
+from ._shampoo import STATIC_ARGS, ShampooState, scale_by_shampoo, shampoo
+
+__all__ = [
+    "STATIC_ARGS",
+    "BlockPlan",
+    "QuantizedMatrix",
+    "ShampooState",
+    "bjorck",
+    "dequantize",
+    "linear_square_codebook",
+    "make_plan",
+    "quantize",
+    "scale_by_shampoo",
+    "shampoo",
+]

@@ -1,0 +1,109 @@
+"""Argument validation and small helpers shared by the Shampoo-family transformations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+GRAFTS = ("none", "sgd", "adagrad", "rmsprop", "adam")
+ROOT_METHODS = ("eigh", "newton")
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def static_int(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """A structural integer argument: must be a Python int ``>= minimum`` (``None`` if allowed)."""
+    if value is None and allow_none:
+        return None
+    if is_traced(value):
+        raise TypeError(
+            f"`{name}` must be a static Python int, got a traced value; with optax.inject_hyperparams pass "
+            f"static_args=jaxsciml.optim.STATIC_ARGS (or include {name!r})."
+        )
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+            value = value.item()
+    except Exception:  # pragma: no cover
+        pass
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int{' or None' if allow_none else ''}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return value
+
+
+def positive_float(name: str, value, *, allow_none: bool = False, allow_zero: bool = False):
+    """A numeric hyperparameter that must be positive (checked only when it is a concrete number)."""
+    if value is None and allow_none:
+        return None
+    if _is_number(value) or (hasattr(value, "ndim") and not is_traced(value) and getattr(value, "ndim", 1) == 0):
+        v = float(value)
+        if not (v > 0 or (allow_zero and v == 0)) or v != v:
+            kind = "non-negative" if allow_zero else "positive"
+            raise ValueError(f"`{name}` must be a {kind} number, got {value!r}.")
+    elif not is_traced(value) and not hasattr(value, "dtype"):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    return value
+
+
+def unit_interval(name: str, value, *, closed_low: bool = True, closed_high: bool = True):
+    """A decay rate in ``[0, 1]`` (ends as requested), checked when concrete."""
+    if _is_number(value):
+        v = float(value)
+        lo_ok = v >= 0 if closed_low else v > 0
+        hi_ok = v <= 1 if closed_high else v < 1
+        if not (lo_ok and hi_ok):
+            lo = "[" if closed_low else "("
+            hi = "]" if closed_high else ")"
+            raise ValueError(f"`{name}` must lie in {lo}0, 1{hi}, got {value!r}.")
+    elif not is_traced(value) and not hasattr(value, "dtype"):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    return value
+
+
+def choice(name: str, value, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in options:
+        raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+    return value.lower()
+
+
+def is_static_zero(x) -> bool:
+    return _is_number(x) and float(x) == 0.0
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float32, or float64 for float64 inputs (bf16/f16 are promoted to float32)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def tree_all_finite(leaves) -> jax.Array:
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def decay_coefficient(beta2):
+    """Weight of the new term in ``S <- beta2 S + c G G^T``: ``c = 1`` for the AdaGrad sum (``beta2 == 1``),
+    else ``1 - beta2`` (exponential moving average)."""
+    if _is_number(beta2):
+        return 1.0 if float(beta2) == 1.0 else 1.0 - float(beta2)
+    return jnp.where(beta2 >= 1.0, 1.0, 1.0 - beta2)
+
+
+def momentum_update(u, mu, t, beta1, nesterov: bool):
+    """Adam-style first moment with bias correction (optax's Nesterov form when ``nesterov``)."""
+    mu = beta1 * mu + (1.0 - beta1) * u
+    tf = t.astype(u.dtype)
+    if nesterov:
+        out = beta1 * mu / (1.0 - beta1 ** (tf + 1.0)) + (1.0 - beta1) * u / (1.0 - beta1**tf)
+    else:
+        out = mu / (1.0 - beta1**tf)
+    return out, mu

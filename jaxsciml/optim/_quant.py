@@ -1,0 +1,99 @@
+"""4-bit block-wise quantization of eigenvector matrices (Wang et al., *4-bit Shampoo*, NeurIPS 2024).
+
+An eigenvector matrix ``U`` (columns = unit eigenvectors) is quantized column by column: each eigenvector is cut into
+chunks of ``block`` entries, each chunk is normalised by its largest magnitude (the float32 *scale*) and every entry
+``x in [-1, 1]`` is mapped to the nearest of the 16 *linear-square* (Linear-2) code values
+
+    R(j) = -(-1 + 2j/15)^2  for j < 7,   R(7) = 0,   R(j) = (-1 + 2j/15)^2  for j > 7,   j = 0..15,
+
+which are denser near zero, where most entries of an eigenvector lie. Two 4-bit codes are packed into one ``uint8``.
+After dequantization the matrix is only approximately orthogonal; :func:`bjorck` restores orthogonality with the
+Björck iteration ``V <- V (3 I - V^T V) / 2`` (one or a few steps suffice, the paper uses one for the statistics).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, UInt8
+
+
+def linear_square_codebook(bits: int = 4) -> np.ndarray:
+    """The ``2**bits`` Linear-2 code values in ascending order (``R(0) = -1``, ``R(2**bits - 1) = 1``)."""
+    n = 2**bits
+    j = np.arange(n)
+    x = -1.0 + 2.0 * j / (n - 1)
+    mid = 2 ** (bits - 1) - 1
+    return np.where(j < mid, -(x**2), np.where(j == mid, 0.0, x**2)).astype(np.float32)
+
+
+_CODEBOOK = linear_square_codebook(4)
+_MIDPOINTS = 0.5 * (_CODEBOOK[1:] + _CODEBOOK[:-1])
+
+
+class QuantizedMatrix(NamedTuple):
+    """Stack of ``(N, d, d)`` matrices quantized column-wise to 4 bits.
+
+    Attributes:
+        codes: ``uint8`` array ``(N, d, L // 2)``: row ``c`` holds the packed codes of column ``c`` (length padded to
+            ``L``, a multiple of the chunk size).
+        scales: float32 ``(N, d, L // chunk)``, the per-chunk absolute maxima.
+    """
+
+    codes: UInt8[Array, "N d half"]
+    scales: Float[Array, "N d nchunks"]
+
+
+def chunk_size(d: int, block: int) -> int:
+    """Effective (even) chunk length for columns of length ``d``."""
+    c = min(block, d + (d % 2))
+    return c + (c % 2)
+
+
+def quantize(u: Float[Array, "N d d"], block: int = 64) -> QuantizedMatrix:
+    """Quantize the columns of ``u`` to 4-bit Linear-2 codes with per-chunk absmax scales."""
+    n, d, _ = u.shape
+    c = chunk_size(d, block)
+    length = -(-d // c) * c
+    cols = jnp.swapaxes(u, -1, -2).astype(jnp.float32)  # (N, d columns, d entries)
+    if length != d:
+        cols = jnp.pad(cols, ((0, 0), (0, 0), (0, length - d)))
+    chunks = cols.reshape(n, d, length // c, c)
+    scales = jnp.max(jnp.abs(chunks), axis=-1)
+    safe = jnp.where(scales > 0, scales, 1.0)
+    x = chunks / safe[..., None]
+    # nearest code value: the codebook is sorted, so count the midpoints below x.
+    q = jnp.sum(x[..., None] > jnp.asarray(_MIDPOINTS), axis=-1).astype(jnp.uint8)
+    q = q.reshape(n, d, length)
+    packed = q[..., 0::2] | (q[..., 1::2] << 4)
+    return QuantizedMatrix(packed.astype(jnp.uint8), scales)
+
+
+def dequantize(qm: QuantizedMatrix, d: int, dtype=jnp.float32) -> Float[Array, "N d d"]:
+    """Inverse of :func:`quantize` (up to rounding): returns ``(N, d, d)`` with the columns restored."""
+    packed, scales = qm
+    n = packed.shape[0]
+    lo = packed & 0x0F
+    hi = packed >> 4
+    q = jnp.stack([lo, hi], axis=-1).reshape(n, d, -1)
+    vals = jnp.asarray(_CODEBOOK)[q.astype(jnp.int32)]
+    nch = scales.shape[-1]
+    vals = vals.reshape(n, d, nch, -1) * scales[..., None]
+    cols = vals.reshape(n, d, -1)[..., :d]
+    return jnp.swapaxes(cols, -1, -2).astype(dtype)
+
+
+def bjorck(v: Float[Array, "N d d"], iters: int = 1) -> Float[Array, "N d d"]:
+    """Björck orthonormalisation ``V <- V (3 I - V^T V) / 2`` repeated ``iters`` times."""
+    for _ in range(iters):
+        v = 1.5 * v - 0.5 * v @ (jnp.swapaxes(v, -1, -2) @ v)
+    return v
+
+
+def quantized_nbytes(d: int, block: int = 64) -> int:
+    """Bytes of one quantized ``d x d`` eigenvector matrix (packed codes + float32 scales)."""
+    c = chunk_size(d, block)
+    length = -(-d // c) * c
+    return d * length // 2 + 4 * d * (length // c)

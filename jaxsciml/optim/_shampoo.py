@@ -1,0 +1,625 @@
+"""Shampoo as an optax transformation: blocked Kronecker statistics, grafting, batched roots, 4-bit eigenvectors.
+
+For every parameter block ``G`` (an order-``k`` tensor, ``k = 2`` for matrices) the statistics of mode ``i`` are
+
+    S_i <- beta2 S_i + c G_(i) G_(i)^T,         c = 1 if beta2 == 1 (AdaGrad sum) else 1 - beta2,
+
+where ``G_(i)`` is the mode-``i`` unfolding (for a matrix: ``L = S_1 = sum G G^T``, ``R = S_2 = sum G^T G``), and the
+search direction is
+
+    D = G x_1 P_1 x_2 ... x_k P_k,              P_i = (S_i + epsilon lambda_max(S_i) I)^(-p),
+
+with ``p = 1/(2k)`` (``L^{-1/4} G R^{-1/4}``) unless ``exponent_override`` is given (``1/2`` gives
+Shampoo^2). References: Gupta, Koren & Singer (2018); Anil et al. (2020); Shi et al. (2023);
+Morwani et al. (2024); Wang et al. (2024).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+from jaxtyping import Array, Int
+
+from . import _common as C
+from ._blocking import (
+    BlockPlan,
+    block_norms,
+    broadcast_blocks,
+    from_blocks,
+    make_plan,
+    mode_cross,
+    mode_gram,
+    mode_product,
+    to_blocks,
+)
+from ._quant import QuantizedMatrix, bjorck, dequantize, quantize
+from ._roots import eigh_inverse_root, eigh_psd, grouped_map, newton_inverse_root, root_from_eigh, safe_update
+
+STATIC_ARGS = (
+    "block_size",
+    "precondition_every",
+    "start_preconditioning_step",
+    "root_method",
+    "graft",
+    "nesterov",
+    "merge_small_dims",
+    "max_preconditioner_dim",
+    "power_iterations",
+    "quantize_eigenvectors",
+    "quant_block_size",
+    "bjorck_iters",
+    "newton_iters",
+    "mesh",
+    "mesh_axis",
+    "exponent_override",
+    "weight_decay_mask",
+)
+"""Arguments of :func:`shampoo` / :func:`scale_by_shampoo` that fix array shapes or code paths; pass them as
+``optax.inject_hyperparams(shampoo, static_args=STATIC_ARGS)``."""
+
+
+class ShampooState(NamedTuple):
+    """State of :func:`scale_by_shampoo`; every field is a pytree of arrays.
+
+    Per-leaf fields are tuples in ``jax.tree_util.tree_leaves(params)`` order; a diagonal-fallback leaf has ``()``
+    in the Kronecker fields.
+
+    Attributes:
+        count: number of applied (finite) updates, int32.
+        skipped: number of steps skipped because the gradient was not finite, int32.
+        stats: per leaf, per power-iteration level, per mode: statistics ``(num_blocks, b_i, b_i)``.
+        roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode).
+        eigvals: 4-bit mode only: per leaf, per mode: full-precision eigenvalues ``(num_blocks, b_i)``.
+        eigvecs: 4-bit mode only: per leaf, per mode: the 4-bit eigenvectors (:class:`QuantizedMatrix`).
+        graft: per leaf: diagonal second-moment accumulator of the graft / diagonal method (or an empty array).
+        mu: per leaf: first moment (or an empty array when ``beta1 == 0``).
+    """
+
+    count: Int[Array, ""]
+    skipped: Int[Array, ""]
+    stats: tuple
+    roots: tuple
+    eigvals: tuple
+    eigvecs: tuple
+    graft: tuple
+    mu: tuple
+
+
+PRECONDITIONER_FIELDS = {"ShampooState": ("stats", "roots", "eigvals", "eigvecs")}
+
+
+def _empty(dtype=jnp.float32) -> Array:
+    return jnp.zeros((0,), dtype)
+
+
+def diagonal_update(g: Array, acc: Array, t: Array, kind: str, beta2, eps) -> tuple[Array, Array]:
+    """One step of a diagonal method (``kind`` in sgd/adagrad/rmsprop/adam) -> ``(update, new accumulator)``.
+
+    adagrad: ``a += g^2``, ``u = g / (sqrt(a) + eps)``; rmsprop: ``a = b a + (1 - b) g^2``, same ``u``; adam: rmsprop
+    with the bias correction ``a / (1 - b^t)`` (Adam's normalisation without its first moment, which is applied after
+    grafting); sgd/none: ``u = g``.
+    """
+    if kind == "adagrad":
+        acc = acc + g * g
+        return g / (jnp.sqrt(acc) + eps), acc
+    if kind in ("rmsprop", "adam"):
+        acc = beta2 * acc + (1.0 - beta2) * g * g
+        denom = acc / (1.0 - beta2 ** t.astype(g.dtype)) if kind == "adam" else acc
+        return g / (jnp.sqrt(denom) + eps), acc
+    return g, acc
+
+
+def _check_common(
+    block_size,
+    precondition_every,
+    start_preconditioning_step,
+    root_method,
+    graft,
+    epsilon,
+    exponent_override,
+    beta1,
+    beta2,
+    power_iterations,
+    quantize_eigenvectors,
+    max_preconditioner_dim,
+    quant_block_size,
+    bjorck_iters,
+    newton_iters,
+):
+    block_size = C.static_int("block_size", block_size, allow_none=True)
+    precondition_every = C.static_int("precondition_every", precondition_every)
+    start = C.static_int("start_preconditioning_step", start_preconditioning_step, minimum=0)
+    root_method = C.choice("root_method", root_method, C.ROOT_METHODS)
+    graft = C.choice("graft", graft, C.GRAFTS)
+    C.positive_float("epsilon", epsilon)
+    C.positive_float("exponent_override", exponent_override, allow_none=True)
+    C.unit_interval("beta1", beta1, closed_high=False)
+    C.unit_interval("beta2", beta2, closed_low=False)
+    power_iterations = C.static_int("power_iterations", power_iterations)
+    max_dim = C.static_int("max_preconditioner_dim", max_preconditioner_dim, allow_none=True)
+    qbs = C.static_int("quant_block_size", quant_block_size, minimum=2)
+    bjorck_iters = C.static_int("bjorck_iters", bjorck_iters, minimum=0)
+    newton_iters = C.static_int("newton_iters", newton_iters)
+    if root_method == "newton" and exponent_override is not None:
+        if C.is_traced(exponent_override):
+            raise TypeError("`exponent_override` must be static with root_method='newton'.")
+        r = 1.0 / float(exponent_override)
+        if abs(r - round(r)) > 1e-9:
+            raise ValueError(
+                f"`exponent_override` must be 1/integer for root_method='newton' (coupled Newton computes integer "
+                f"roots), got {exponent_override!r}."
+            )
+    if quantize_eigenvectors and root_method != "eigh":
+        raise ValueError("`quantize_eigenvectors=True` requires root_method='eigh' (it stores eigenvectors).")
+    if quantize_eigenvectors and power_iterations != 1:
+        raise ValueError("`power_iterations > 1` is not supported together with `quantize_eigenvectors=True`.")
+    return (
+        block_size,
+        precondition_every,
+        start,
+        root_method,
+        graft,
+        power_iterations,
+        max_dim,
+        qbs,
+        bjorck_iters,
+        (newton_iters),
+    )
+
+
+def _normalized(f: Array) -> Array:
+    """Scale a stack of PSD factors to mean eigenvalue one (``tr F = d``); zero factors become the identity."""
+    d = f.shape[-1]
+    tr = jnp.trace(f, axis1=-2, axis2=-1)
+    eye = jnp.eye(d, dtype=f.dtype)
+    return jnp.where((tr > 0)[:, None, None], f * (d / jnp.where(tr > 0, tr, 1.0))[:, None, None], eye)
+
+
+def _level_stats(xb: Array, prev_level: tuple[Array, ...] | None, mode: int) -> Array:
+    """Statistic of ``mode``: ``X_(i) X_(i)^T`` (level 0) or ``X_(i) (X x_{j != i} F_j)_(i)^T`` with the normalised
+    factors ``F_j`` of the previous power-iteration level (Morwani et al. 2024)."""
+    if prev_level is None:
+        return mode_gram(xb, mode)
+    h = xb
+    for j, f in enumerate(prev_level):
+        if j != mode:
+            h = mode_product(h, _normalized(f), j)
+    return mode_cross(xb, h, mode)
+
+
+def scale_by_shampoo(
+    block_size: int | None = 128,
+    beta1: float = 0.9,
+    beta2: float = 1.0,
+    epsilon: float = 1e-6,
+    exponent_override: float | None = None,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 1,
+    root_method: str = "eigh",
+    graft: str = "adagrad",
+    graft_beta2: float = 0.999,
+    graft_epsilon: float = 1e-8,
+    nesterov: bool = False,
+    merge_small_dims: bool = True,
+    max_preconditioner_dim: int | None = None,
+    power_iterations: int = 1,
+    quantize_eigenvectors: bool = False,
+    quant_block_size: int = 64,
+    bjorck_iters: int = 1,
+    newton_iters: int = 100,
+    mesh: Mesh | None = None,
+    mesh_axis: str | None = None,
+) -> optax.GradientTransformation:
+    r"""Shampoo preconditioning (without learning rate), as an ``optax.GradientTransformation``.
+
+    Each leaf is blocked (:mod:`jaxsciml.optim._blocking`): unit dims dropped, consecutive small dims merged while the
+    product is ``<= block_size``, dims ``> block_size`` cut into zero-padded ``block_size`` blocks. Every block of
+    order ``k`` keeps one statistic per mode, ``S_i <- beta2 S_i + c G_(i) G_(i)^T`` (``c = 1`` for ``beta2 = 1``,
+    the AdaGrad sum; else ``1 - beta2``), and the direction is ``D = G x_1 P_1 ... x_k P_k`` with
+    ``P_i = (S_i + epsilon lambda_max(S_i) I)^{-p}``, ``p = exponent_override or 1/(2k)``. Scalars and vectors (and
+    leaves with a block dim ``> max_preconditioner_dim``) use the diagonal method of ``graft`` (AdaGrad if ``graft`` is
+    ``"none"``/``"sgd"``).
+
+    Step ``t`` (1-based) updates the statistics with ``G_t`` first; roots are recomputed (all blocks of all leaves,
+    same-shaped matrices stacked into one batched ``eigh`` or coupled-Newton call, spread over ``mesh[mesh_axis]`` if
+    a mesh is given) when ``t >= start_preconditioning_step`` and ``(t - start) % precondition_every == 0``, via
+    ``lax.cond`` so the whole update is jit-safe. Roots are computed in float32 (float64 for float64 parameters)
+    whatever the parameter dtype. **Fallback**: a root whose statistic has ``lambda_max <= 0`` or is not finite, or
+    that comes out non-finite (or, for Newton, has not converged to ``max|M - I| < 0.1``), is discarded and the
+    previous root (initially the identity) is kept, matrix by matrix, so parameters never become NaN through a root.
+    Before ``start_preconditioning_step`` the graft update itself is returned.
+
+    Grafting (per block): ``D <- D * ||A|| / ||D||`` with ``A`` the update of ``graft`` (``"sgd"``: ``G``;
+    ``"adagrad"``; ``"rmsprop"``; ``"adam"``: RMSprop with bias correction). Then the first moment
+    ``m <- beta1 m + (1 - beta1) u`` with Adam's bias correction (optax's form with ``nesterov``).
+
+    **Non-finite gradients** (any NaN/inf in the whole tree): the step is skipped -- statistics, accumulators, momentum
+    and ``count`` are unchanged, ``skipped`` is incremented and the returned update is zero.
+
+    **4-bit** (``quantize_eigenvectors=True``; Wang et al. 2024): each statistic is stored as full-precision
+    eigenvalues and 4-bit Linear-2 quantized eigenvectors (:mod:`jaxsciml.optim._quant`, chunks of
+    ``quant_block_size``); the dequantized eigenvectors are re-orthogonalised by ``bjorck_iters`` Björck steps and the
+    root ``V diag((lambda + eps lambda_max)^{-p}) V^T`` is rebuilt every step. As in the paper's Algorithm 3, the full
+    statistic ``beta2 V Lambda V^T + c G G^T`` is formed and re-decomposed only at root-refresh steps; in between,
+    the gradient enters through its diagonal in the current eigenbasis, ``lambda <- beta2 lambda + c diag(V^T G G^T
+    V)`` (an eigenvalue correction, our addition).
+
+    **New Perspective** (Morwani et al. 2024): ``power_iterations = n > 1`` keeps ``n`` levels of statistics; level
+    ``l`` accumulates ``G_(i) (G x_{j!=i} F_j)_(i)^T`` with the trace-normalised factors ``F_j`` of level ``l - 1``
+    (level 0 is Shampoo's ``G G^T``), an online version of power iteration towards the best Kronecker approximation
+    of ``sum g g^T``; the last level is preconditioned. Combine with ``exponent_override=0.5`` for Shampoo^2.
+
+    Args:
+        block_size: maximal block dimension (``None``: no blocking).
+        beta1: momentum (``0`` disables it and its state).
+        beta2: statistics decay (``1``: AdaGrad sum).
+        epsilon: damping relative to the largest eigenvalue.
+        exponent_override: root exponent ``p`` (default ``1/(2k)``).
+        precondition_every: root refresh interval (>= 1).
+        start_preconditioning_step: first step (1-based) that uses Shampoo directions.
+        root_method: ``"eigh"`` or ``"newton"`` (coupled Newton, ``1/p`` must be an integer).
+        graft: ``"none"``, ``"sgd"``, ``"adagrad"``, ``"rmsprop"`` or ``"adam"``.
+        graft_beta2, graft_epsilon: decay and epsilon of the graft / diagonal method.
+        nesterov: Nesterov momentum.
+        merge_small_dims: merge consecutive small dims (limit ``block_size``, or ``max_preconditioner_dim``).
+        max_preconditioner_dim: leaves with a larger block dim use the diagonal fallback.
+        power_iterations: New-Perspective levels (1 = Shampoo).
+        quantize_eigenvectors: 4-bit eigenvector state.
+        quant_block_size: quantization chunk length along each eigenvector.
+        bjorck_iters: Björck steps after dequantization.
+        newton_iters: maximal coupled-Newton iterations.
+        mesh, mesh_axis: spread the batched root computations over this mesh axis (default: its first axis).
+
+    Returns:
+        An ``optax.GradientTransformation`` whose state is a :class:`ShampooState`.
+    """
+    (
+        block_size,
+        precondition_every,
+        start,
+        root_method,
+        graft,
+        power_iterations,
+        max_dim,
+        qbs,
+        bjorck_iters,
+        newton_iters,
+    ) = _check_common(
+        block_size,
+        precondition_every,
+        start_preconditioning_step,
+        root_method,
+        graft,
+        epsilon,
+        exponent_override,
+        beta1,
+        beta2,
+        power_iterations,
+        quantize_eigenvectors,
+        max_preconditioner_dim,
+        quant_block_size,
+        bjorck_iters,
+        newton_iters,
+    )
+    C.positive_float("graft_epsilon", graft_epsilon)
+    C.unit_interval("graft_beta2", graft_beta2, closed_low=False)
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
+    if mesh is not None and mesh_axis is not None and mesh_axis not in mesh.axis_names:
+        raise ValueError(f"`mesh_axis` {mesh_axis!r} is not an axis of the mesh {mesh.axis_names}.")
+    quant = bool(quantize_eigenvectors)
+    use_mu = not C.is_static_zero(beta1)
+    diag_kind = graft if graft in ("adagrad", "rmsprop", "adam") else "adagrad"
+    graft_needs_acc = graft in ("adagrad", "rmsprop", "adam")
+
+    def plans_of(leaves) -> list[BlockPlan]:
+        return [make_plan(jnp.shape(x), block_size, merge_small_dims, max_dim) for x in leaves]
+
+    def exponent_of(plan: BlockPlan) -> float:
+        return float(exponent_override) if exponent_override is not None else 1.0 / (2 * plan.order)
+
+    def init_fn(params):
+        leaves = jax.tree_util.tree_leaves(params)
+        plans = plans_of(leaves)
+        stats, roots, eigvals, eigvecs, gacc, mus = [], [], [], [], [], []
+        for x, plan in zip(leaves, plans):
+            dt = C.compute_dtype(x.dtype)
+            if plan.kind == "block":
+                nb = plan.num_blocks
+                eyes = tuple(jnp.broadcast_to(jnp.eye(b, dtype=dt), (nb, b, b)) for b in plan.block)
+                zeros = tuple(jnp.zeros((nb, b, b), dt) for b in plan.block)
+                if quant:
+                    stats.append(())
+                    roots.append(())
+                    eigvals.append(tuple(jnp.zeros((nb, b), dt) for b in plan.block))
+                    eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
+                else:
+                    stats.append(tuple(zeros for _ in range(power_iterations)))
+                    roots.append(eyes)
+                    eigvals.append(())
+                    eigvecs.append(())
+            else:
+                stats.append(())
+                roots.append(())
+                eigvals.append(())
+                eigvecs.append(())
+            needs = plan.kind == "diag" or graft_needs_acc
+            gacc.append(jnp.zeros(jnp.shape(x), dt) if needs else _empty(dt))
+            mus.append(jnp.zeros(jnp.shape(x), dt) if use_mu else _empty(dt))
+        z = jnp.zeros((), jnp.int32)
+        return ShampooState(z, z, tuple(stats), tuple(roots), tuple(eigvals), tuple(eigvecs), tuple(gacc), tuple(mus))
+
+    def refresh_fp(stats, roots, plans):
+        """New roots for every block leaf (batched by shape and exponent)."""
+        items, where = {}, {}
+        for li, plan in enumerate(plans):
+            if plan.kind != "block":
+                continue
+            p = exponent_of(plan)
+            for m in range(plan.order):
+                s = stats[li][-1][m]
+                eps = jnp.full((s.shape[0],), epsilon, s.dtype)
+                items.setdefault(p, []).append((s, roots[li][m], eps))
+                where.setdefault(p, []).append((li, m))
+        new = [list(r) for r in roots]
+        for p, its in items.items():
+            if root_method == "eigh":
+
+                def fn(s, old, eps, p=p):
+                    r, ok = eigh_inverse_root(s, p, eps)
+                    return (safe_update(r, ok, old),)
+
+            else:
+                r_int = int(round(1.0 / p))
+
+                def fn(s, old, eps, r_int=r_int):
+                    r, ok = newton_inverse_root(s, r_int, eps, max_iters=newton_iters)
+                    return (safe_update(r, ok, old),)
+
+            outs = grouped_map(fn, its, mesh, mesh_axis)
+            for (li, m), (r,) in zip(where[p], outs):
+                new[li][m] = r
+        return tuple(tuple(r) for r in new)
+
+    def quant_step(xbs, eigvals, eigvecs, plans, do_refresh, coef):
+        """4-bit path: returns (new eigvals, new eigvecs, per-leaf per-mode rectified eigenvectors to use)."""
+        vs, grams = [], []
+        for li, plan in enumerate(plans):
+            if plan.kind != "block":
+                vs.append(())
+                grams.append(())
+                continue
+            dt = eigvals[li][0].dtype
+            vs.append(tuple(bjorck(dequantize(q, b, dt), bjorck_iters) for q, b in zip(eigvecs[li], plan.block)))
+            grams.append(tuple(mode_gram(xbs[li], m) for m in range(plan.order)))
+
+        def refresh(_):
+            items, idx = [], []
+            for li, plan in enumerate(plans):
+                if plan.kind != "block":
+                    continue
+                for m in range(plan.order):
+                    v, lam = vs[li][m], eigvals[li][m]
+                    a = beta2 * (v * lam[:, None, :]) @ jnp.swapaxes(v, -1, -2) + coef * grams[li][m]
+                    items.append((a,))
+                    idx.append((li, m))
+
+            def fn(a):
+                w, q = eigh_psd(a)
+                return w, q
+
+            outs = grouped_map(fn, items, mesh, mesh_axis)
+            lam_new = [list(x) for x in eigvals]
+            q_new = [list(x) for x in eigvecs]
+            v_new = [list(x) for x in vs]
+            for (li, m), (w, q) in zip(idx, outs):
+                ok = jnp.all(jnp.isfinite(w), axis=-1) & jnp.all(jnp.isfinite(q), axis=(-2, -1))
+                qq = quantize(q, qbs)
+                lam_new[li][m] = safe_update(w, ok, eigvals[li][m])
+                old_q = eigvecs[li][m]
+                q_new[li][m] = QuantizedMatrix(
+                    safe_update(qq.codes, ok, old_q.codes), safe_update(qq.scales, ok, old_q.scales)
+                )
+                v_new[li][m] = safe_update(q, ok, vs[li][m])
+            return _tt(lam_new), _tt(q_new), _tt(v_new)
+
+        def track(_):
+            lam_new = [list(x) for x in eigvals]
+            for li, plan in enumerate(plans):
+                if plan.kind != "block":
+                    continue
+                for m in range(plan.order):
+                    v = vs[li][m]
+                    diag = jnp.sum(v * (grams[li][m] @ v), axis=-2)
+                    lam_new[li][m] = beta2 * eigvals[li][m] + coef * diag
+            return _tt(lam_new), eigvecs, tuple(tuple(v) for v in vs)
+
+        return jax.lax.cond(do_refresh, refresh, track, None)
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        plans = plans_of(leaves)
+        finite = C.tree_all_finite(leaves)
+        t = state.count + 1
+        coef = C.decay_coefficient(beta2)
+        do_refresh = finite & (t >= start) & ((t - start) % precondition_every == 0)
+        gs = [jnp.where(finite, g, 0).astype(C.compute_dtype(g.dtype)) for g in leaves]
+        xbs = [to_blocks(g, plan) if plan.kind == "block" else None for g, plan in zip(gs, plans)]
+
+        # graft / diagonal accumulators
+        graft_updates, new_gacc = [], []
+        for g, acc, plan in zip(gs, state.graft, plans):
+            kind = diag_kind if plan.kind == "diag" else graft
+            u, acc = diagonal_update(g, acc, t, kind, graft_beta2, graft_epsilon)
+            graft_updates.append(u)
+            new_gacc.append(acc)
+
+        # statistics and roots
+        if quant:
+            new_stats, new_roots = state.stats, state.roots
+            new_vals, new_vecs, vs = quant_step(xbs, state.eigvals, state.eigvecs, plans, do_refresh, coef)
+            use_roots = []
+            for li, plan in enumerate(plans):
+                if plan.kind != "block":
+                    use_roots.append(())
+                    continue
+                p = exponent_of(plan)
+                rs = []
+                for v, lam in zip(vs[li], new_vals[li]):
+                    r, ok = root_from_eigh(lam, v, p, epsilon)
+                    eye = jnp.broadcast_to(jnp.eye(v.shape[-1], dtype=v.dtype), v.shape)
+                    rs.append(safe_update(r, ok, eye))
+                use_roots.append(tuple(rs))
+        else:
+            new_vals, new_vecs = state.eigvals, state.eigvecs
+            new_stats = []
+            for li, plan in enumerate(plans):
+                if plan.kind != "block":
+                    new_stats.append(())
+                    continue
+                levels = []
+                for lev in range(power_iterations):
+                    prev = state.stats[li][lev - 1] if lev > 0 else None
+                    levels.append(
+                        tuple(
+                            beta2 * state.stats[li][lev][m] + coef * _level_stats(xbs[li], prev, m)
+                            for m in range(plan.order)
+                        )
+                    )
+                new_stats.append(tuple(levels))
+            new_stats = tuple(new_stats)
+            new_roots = jax.lax.cond(
+                do_refresh, lambda s, r: refresh_fp(s, r, plans), lambda s, r: r, new_stats, state.roots
+            )
+            use_roots = new_roots
+
+        # directions, grafting, warm-up
+        outs = []
+        for li, plan in enumerate(plans):
+            a = graft_updates[li]
+            if plan.kind != "block":
+                outs.append(a)
+                continue
+            d = xbs[li]
+            for m, r in enumerate(use_roots[li]):
+                d = mode_product(d, r, m)
+            if graft != "none":
+                na = block_norms(to_blocks(a, plan))
+                nd = block_norms(d)
+                scale = jnp.where(nd > 0, na / jnp.where(nd > 0, nd, 1.0), 0.0)
+                d = d * broadcast_blocks(scale, d)
+            d = from_blocks(d, plan)
+            outs.append(jnp.where(t >= start, d, a) if start > 1 else d)
+
+        # momentum
+        new_mu = []
+        if use_mu:
+            res = [C.momentum_update(u, mu, t, beta1, nesterov) for u, mu in zip(outs, state.mu)]
+            outs = [r[0] for r in res]
+            new_mu = [r[1] for r in res]
+        else:
+            new_mu = list(state.mu)
+
+        new_state = ShampooState(
+            count=state.count + finite.astype(jnp.int32),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            stats=_tt(new_stats),
+            roots=_tt(new_roots),
+            eigvals=_tt(new_vals),
+            eigvecs=_tt(new_vecs),
+            graft=tuple(new_gacc),
+            mu=tuple(new_mu),
+        )
+        keep = lambda n, o: jnp.where(finite, n, o)
+        new_state = new_state._replace(
+            stats=jax.tree_util.tree_map(keep, new_state.stats, state.stats),
+            roots=jax.tree_util.tree_map(keep, new_state.roots, state.roots),
+            eigvals=jax.tree_util.tree_map(keep, new_state.eigvals, state.eigvals),
+            eigvecs=jax.tree_util.tree_map(keep, new_state.eigvecs, state.eigvecs),
+            graft=jax.tree_util.tree_map(keep, new_state.graft, state.graft),
+            mu=jax.tree_util.tree_map(keep, new_state.mu, state.mu),
+        )
+        outs = [jnp.where(finite, u, 0).astype(g.dtype) for u, g in zip(outs, leaves)]
+        return jax.tree_util.tree_unflatten(treedef, outs), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _tt(x: Any) -> Any:
+    """Lists of lists -> tuples of tuples (keeps NamedTuples and arrays)."""
+    if isinstance(x, list):
+        return tuple(_tt(e) for e in x)
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return tuple(_tt(e) for e in x)
+    return x
+
+
+def shampoo(
+    learning_rate: optax.ScalarOrSchedule,
+    block_size: int | None = 128,
+    beta1: float = 0.9,
+    beta2: float = 1.0,
+    epsilon: float = 1e-6,
+    exponent_override: float | None = None,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 1,
+    root_method: str = "eigh",
+    graft: str = "adagrad",
+    graft_beta2: float = 0.999,
+    graft_epsilon: float = 1e-8,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    merge_small_dims: bool = True,
+    max_preconditioner_dim: int | None = None,
+    power_iterations: int = 1,
+    quantize_eigenvectors: bool = False,
+    quant_block_size: int = 64,
+    bjorck_iters: int = 1,
+    newton_iters: int = 100,
+    mesh: Mesh | None = None,
+    mesh_axis: str | None = None,
+) -> optax.GradientTransformation:
+    """Shampoo optimizer: :func:`scale_by_shampoo`, decoupled weight decay, then ``-learning_rate`` scaling.
+
+    ``updates = -lr_t * (shampoo_update + weight_decay * params)`` (AdamW-style decoupled decay, applied to the leaves
+    selected by ``weight_decay_mask``). ``learning_rate`` may be a schedule. See :func:`scale_by_shampoo` for the other
+    arguments; ``quantize_eigenvectors=True`` gives 4-bit Shampoo.
+    """
+    C.positive_float("weight_decay", weight_decay, allow_zero=True)
+    if not callable(learning_rate):
+        C.positive_float("learning_rate", learning_rate, allow_zero=True)
+    parts = [
+        scale_by_shampoo(
+            block_size=block_size,
+            beta1=beta1,
+            beta2=beta2,
+            epsilon=epsilon,
+            exponent_override=exponent_override,
+            precondition_every=precondition_every,
+            start_preconditioning_step=start_preconditioning_step,
+            root_method=root_method,
+            graft=graft,
+            graft_beta2=graft_beta2,
+            graft_epsilon=graft_epsilon,
+            nesterov=nesterov,
+            merge_small_dims=merge_small_dims,
+            max_preconditioner_dim=max_preconditioner_dim,
+            power_iterations=power_iterations,
+            quantize_eigenvectors=quantize_eigenvectors,
+            quant_block_size=quant_block_size,
+            bjorck_iters=bjorck_iters,
+            newton_iters=newton_iters,
+            mesh=mesh,
+            mesh_axis=mesh_axis,
+        )
+    ]
+    if not C.is_static_zero(weight_decay):
+        parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)
