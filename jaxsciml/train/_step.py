@@ -1,0 +1,112 @@
+"""A pure, jit-compiled optimisation step with a NaN/inf guard (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Bool, PyTree, Scalar
+
+from ._checks import check_has_aux_output, check_loss_fn, check_nonfinite, check_optimizer
+
+TrainStep = Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree, Scalar, Any, Bool[Array, ""]]]
+
+
+def all_finite(tree: PyTree) -> Bool[Array, ""]:
+    """``True`` iff every inexact array leaf of ``tree`` is free of NaN and inf."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    ok = jnp.array(True)
+    for leaf in leaves:
+        ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def select_tree(pred: Bool[Array, ""], on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leafwise ``jnp.where(pred, on_true, on_false)`` over the array leaves of two same-structure trees.
+
+    Non-array leaves (static fields) are taken from ``on_true``. Branch-free: both trees are computed and the select
+    is a cheap elementwise op, which keeps the step a single fused XLA computation (no ``lax.cond``).
+    """
+    new_dyn, static = eqx.partition(on_true, eqx.is_array)
+    old_dyn, _ = eqx.partition(on_false, eqx.is_array)
+    dyn = jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new_dyn, old_dyn)
+    return eqx.combine(dyn, static)
+
+
+def step_body(
+    loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    has_aux: bool,
+    nonfinite: str,
+    model: PyTree,
+    opt_state: PyTree,
+    batch: PyTree,
+    reduce: Callable[[PyTree], PyTree] | None = None,
+) -> tuple[PyTree, PyTree, Scalar, Any, Bool[Array, ""]]:
+    """One optimiser step; shared by the single-device, sharded and ``pmap`` steps.
+
+    ``reduce`` (e.g. ``lax.pmean`` over a named axis) is applied to the loss, the gradients and the inexact leaves of
+    ``aux`` before the update, so that every replica applies the same update.
+    """
+
+    def wrapped(m, b):
+        return check_has_aux_output(loss_fn(m, b), has_aux)
+
+    (loss, aux), grads = eqx.filter_value_and_grad(wrapped, has_aux=True)(model, batch)
+    if reduce is not None:
+        loss = reduce(loss)
+        grads = reduce(grads)
+        aux_dyn, aux_static = eqx.partition(aux, eqx.is_inexact_array)
+        aux = eqx.combine(reduce(aux_dyn), aux_static)
+    ok = jnp.isfinite(loss) & all_finite(grads)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        updates, new_opt_state = optimizer.update(grads, opt_state, params, value=loss)
+    else:
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_model = eqx.apply_updates(model, updates)
+    if nonfinite != "ignore":
+        new_model = select_tree(ok, new_model, model)
+        new_opt_state = select_tree(ok, new_opt_state, opt_state)
+    return new_model, new_opt_state, loss, aux, ok
+
+
+def make_train_step(
+    loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    *,
+    has_aux: bool = False,
+    nonfinite: str = "skip",
+) -> TrainStep:
+    """Build a pure, ``eqx.filter_jit``-compiled optimisation step.
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, batch) -> loss` (a scalar array), or `-> (loss, aux)` if `has_aux`. Gradients are
+      taken with `eqx.filter_value_and_grad`, i.e. with respect to every inexact-array leaf of `model`.
+    - `optimizer`: an optax `GradientTransformation` (or `GradientTransformationExtraArgs`, which additionally
+      receives `value=loss`). Its state is `optimizer.init(eqx.filter(model, eqx.is_inexact_array))`.
+    - `has_aux`: whether `loss_fn` returns `(loss, aux)`.
+    - `nonfinite`: `"skip"` (default) or `"raise"`: if the loss or any gradient leaf is NaN/inf, the returned
+      model and optimiser state are the *inputs*, unchanged (a branch-free `jnp.where` select), and `ok` is False.
+      The step itself cannot raise from inside `jit`; `"raise"` behaves like `"skip"` here and the caller (e.g.
+      [`fit`][jaxsciml.train.fit]) raises on `ok == False`. `"ignore"` applies the update regardless (`ok` is
+      still computed).
+
+    **Returns:** `step(model, opt_state, batch) -> (model, opt_state, loss, aux, ok)`, where `aux` is `None` unless
+    `has_aux`, and `ok` is a boolean scalar array.
+    """
+    check_loss_fn(loss_fn)
+    check_optimizer(optimizer)
+    check_nonfinite(nonfinite)
+    has_aux = bool(has_aux)
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, batch):
+        return step_body(loss_fn, optimizer, has_aux, nonfinite, model, opt_state, batch)
+
+    return train_step
