@@ -7,6 +7,7 @@ steps, and returns them with :class:`SolveStats`.
 """
 
 from ._heuristics import HeuristicSolver, HeuristicState, stiffness_stage_pair
+from ._local import local_step_heuristics, solve_with_local_heuristics
 from ._solve import Heuristics, SolveStats, solve_with_heuristics
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "HeuristicState",
     "Heuristics",
     "SolveStats",
+    "local_step_heuristics",
     "solve_with_heuristics",
+    "solve_with_local_heuristics",
     "stiffness_stage_pair",
 ]
