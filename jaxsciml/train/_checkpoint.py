@@ -58,12 +58,25 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"`history` values must be numbers, strings or lists/dicts of them, got {type(value).__name__}")
 
 
-def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
-    if isinstance(leaf, jax.Array):
-        sharding = leaf.sharding
-    else:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+def _target(leaf: Any) -> Any:
+    """Orbax restore target for a template leaf.
+
+    A committed `jax.Array` (explicitly placed, e.g. replicated over a mesh) is restored directly with its sharding.
+    Uncommitted arrays (the default for freshly created arrays) and NumPy arrays are read into host memory and
+    converted back by `_from_host`, so the result is uncommitted too and mixes freely with other uncommitted arrays
+    under `jit` (a committed single-device array next to mesh-sharded ones would be rejected).
+    """
+    if isinstance(leaf, jax.Array) and leaf.committed:
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    return np.empty(leaf.shape, leaf.dtype)
+
+
+def _from_host(like: Any, restored: Any) -> Any:
+    if isinstance(like, jax.Array) and not like.committed:
+        return jnp.asarray(restored)
+    if isinstance(like, np.ndarray):
+        return np.asarray(restored)
+    return restored
 
 
 def _compare(name: str, saved: list[dict[str, Any]], like: list[dict[str, Any]], step: int) -> None:
@@ -247,8 +260,10 @@ class Checkpointer:
         """Restore `(model, opt_state, step, key, history)` from checkpoint `step` (default: the latest).
 
         `like_model` / `like_opt_state` are templates with the same structure, shapes and dtypes as what was saved
-        (their array values are ignored; their shardings are used for the restored arrays). A mismatch raises a
-        ValueError naming the first differing leaf path with the saved and expected shape/dtype.
+        (their array values are ignored). Placement follows the template: a leaf that was explicitly placed
+        (committed, e.g. by `replicate(tree, mesh)`) is restored with its sharding; other leaves come back as
+        uncommitted arrays on the default device (NumPy leaves as NumPy arrays). A mismatch raises a ValueError
+        naming the first differing leaf path with the saved and expected shape/dtype.
         Raises FileNotFoundError if there is no finalised checkpoint.
         """
         self._check_open()
@@ -276,23 +291,16 @@ class Checkpointer:
         _compare("like_opt_state", meta["opt_state_spec"], o_spec, step)
         key_meta = meta.get("key")
         target: dict[str, Any] = {
-            "model": {f"{i:06d}": _abstract(x) for i, x in enumerate(m_leaves)},
-            "opt_state": {f"{i:06d}": _abstract(x) for i, x in enumerate(o_leaves)},
+            "model": {f"{i:06d}": _target(x) for i, x in enumerate(m_leaves)},
+            "opt_state": {f"{i:06d}": _target(x) for i, x in enumerate(o_leaves)},
         }
         if key_meta is not None:
             # the key data's shape/dtype is fixed by the PRNG implementation; take it from what was saved.
-            target["key"] = jax.ShapeDtypeStruct(
-                tuple(key_meta["shape"]),
-                np.dtype(key_meta["dtype"]),
-                sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-            )
+            target["key"] = np.empty(tuple(key_meta["shape"]), np.dtype(key_meta["dtype"]))
         state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
         def rebuild(like, leaves, treedef, restored):
-            new = [
-                np.asarray(r) if isinstance(x, np.ndarray) else r
-                for x, r in zip(leaves, (restored[f"{i:06d}"] for i in range(len(leaves))))
-            ]
+            new = [_from_host(x, restored[f"{i:06d}"]) for i, x in enumerate(leaves)]
             arrays = jax.tree_util.tree_unflatten(treedef, new)
             _, static = eqx.partition(like, eqx.is_array)
             return eqx.combine(arrays, static)
@@ -301,7 +309,7 @@ class Checkpointer:
         opt_state = rebuild(like_opt_state, o_leaves, o_def, state["opt_state"])
         key = None
         if key_meta is not None:
-            data = state["key"]
+            data = jnp.asarray(state["key"])
             key = jax.random.wrap_key_data(data, impl=key_meta["impl"]) if key_meta["typed"] else data
         history = {k: list(v) for k, v in meta.get("history", {}).items()}
         return model, opt_state, int(meta["step"]), key, history
