@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -208,8 +209,17 @@ class Checkpointer:
                 f"refusing to checkpoint step {step}: the model or optimizer state contains NaN/inf"
             )
         self.wait()
+        self._manager.reload()
         if step in self._manager.all_steps():
-            raise ValueError(f"`step` {step} is already checkpointed in {str(self._directory)!r}")
+            if self._is_committed(step):
+                raise ValueError(f"`step` {step} is already checkpointed in {str(self._directory)!r}")
+            # a step directory without the commit marker is a leftover of an interrupted write: replace it.
+            warnings.warn(
+                f"replacing the unfinalised checkpoint directory of step {step} in {str(self._directory)!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._manager.delete(step)
         m_leaves, _, m_spec = _leaf_spec(model)
         o_leaves, _, o_spec = _leaf_spec(opt_state)
         state: dict[str, Any] = {

@@ -158,6 +158,12 @@ def test_unfinalized_step_directories_are_ignored(tmp_path):
         assert step == 5 and h == {"s": [5]} and _equal(m, model)
         with pytest.raises(ValueError, match="`step` 12 has no finalised checkpoint"):
             ck.restore(model, opt_state, step=12)
+        # a later save of that step replaces the leftover directory
+        with pytest.warns(RuntimeWarning, match="replacing the unfinalised checkpoint directory of step 12"):
+            ck.save(12, _scale(model, 2), opt_state, None, {"s": [12]})
+        m, _, step, _, h = ck.restore(model, opt_state)
+        assert step == 12 and h == {"s": [12]} and _equal(m, _scale(model, 2))
+        assert ck.all_steps() == [5, 12]
 
 
 def test_save_failing_midway_keeps_previous(tmp_path, monkeypatch):
