@@ -213,7 +213,9 @@ def fit(
     - `progress`: show a tqdm progress bar with the loss in its postfix.
     - `start`: a previous `FitResult` to continue from (model, optimiser state, step, key and history).
     - `train_step`: a step with the signature of `make_train_step(...)`'s result to use instead, e.g.
-      [`make_sharded_train_step`][jaxsciml.train.make_sharded_train_step] for data parallelism.
+      [`make_sharded_train_step`][jaxsciml.train.make_sharded_train_step] for data parallelism (pass
+      `replicate(model, mesh)` as `model` and a `data` that returns `shard_batch(...)`). It receives fit's state
+      as is, so the `pmap` step (which needs a leading device axis everywhere) is meant for hand-written loops.
     - `desc`: the progress bar's label.
 
     **Returns:** a [`FitResult`][jaxsciml.train.FitResult].
@@ -237,7 +239,8 @@ def fit(
 
     # ----------------------------------------------------------------- initial state
     if start is not None:
-        model, opt_state, step, key = start.model, start.opt_state, start.step, start.key
+        model, opt_state, step = start.model, start.opt_state, start.step
+        key = start.key if start.key is not None else key
         history = {k: list(v) for k, v in start.history.items()}
     else:
         opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
