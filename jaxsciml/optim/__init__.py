@@ -8,19 +8,27 @@
 """
 
 from ._blocking import BlockPlan, make_plan
+from ._memory import memory_breakdown, preconditioner_memory_bytes, state_memory_bytes
 from ._quant import QuantizedMatrix, bjorck, dequantize, linear_square_codebook, quantize
 from ._shampoo import STATIC_ARGS, ShampooState, scale_by_shampoo, shampoo
+from ._soap import SoapState, scale_by_soap, soap
 
 __all__ = [
     "STATIC_ARGS",
     "BlockPlan",
     "QuantizedMatrix",
     "ShampooState",
+    "SoapState",
     "bjorck",
     "dequantize",
     "linear_square_codebook",
     "make_plan",
+    "memory_breakdown",
+    "preconditioner_memory_bytes",
     "quantize",
     "scale_by_shampoo",
+    "scale_by_soap",
     "shampoo",
+    "soap",
+    "state_memory_bytes",
 ]

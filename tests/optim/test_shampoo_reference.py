@@ -111,7 +111,7 @@ def test_order3_tensor_matches_reference(x64):
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=(3, 4, 5)) for _ in range(3)]
     eps = 1e-4
-    opt = scale_by_shampoo(block_size=None, beta1=0.0, epsilon=eps, precondition_every=1, graft="none")
+    opt = scale_by_shampoo(block_size=None, beta1=0.0, beta2=1.0, epsilon=eps, precondition_every=1, graft="none")
     got = run_opt(opt, grads)
     stats = [np.zeros((d, d)) for d in (3, 4, 5)]
     for g, out in zip(grads, got):
@@ -128,7 +128,7 @@ def test_exponent_override_and_refresh_interval(x64):
     grads = make_grads((4, 3), steps=4)
     eps = 1e-4
     opt = scale_by_shampoo(
-        block_size=None, beta1=0.0, epsilon=eps, precondition_every=2, graft="none", exponent_override=0.5
+        block_size=None, beta1=0.0, beta2=1.0, epsilon=eps, precondition_every=2, graft="none", exponent_override=0.5
     )
     got = run_opt(opt, grads)
     L, R = np.zeros((4, 4)), np.zeros((3, 3))
@@ -145,7 +145,7 @@ def test_momentum_matches_reference(x64):
     """beta1 momentum with Adam bias correction on top of the (ungrafted) Shampoo direction."""
     grads = make_grads((4, 3), steps=3)
     eps, b1 = 1e-4, 0.9
-    opt = scale_by_shampoo(block_size=None, beta1=b1, epsilon=eps, precondition_every=1, graft="none")
+    opt = scale_by_shampoo(block_size=None, beta1=b1, beta2=1.0, epsilon=eps, precondition_every=1, graft="none")
     got = run_opt(opt, grads)
     dirs = ref_matrix_shampoo(grads, None, eps, 1.0, "none")
     mu = np.zeros((4, 3))
@@ -156,7 +156,7 @@ def test_momentum_matches_reference(x64):
 
 def test_newton_matches_eigh(x64):
     grads = make_grads((7, 9), steps=3)
-    kw = dict(block_size=4, beta1=0.0, epsilon=1e-3, precondition_every=1, graft="none")
+    kw = dict(block_size=4, beta1=0.0, beta2=1.0, epsilon=1e-3, precondition_every=1, graft="none")
     a = run_opt(scale_by_shampoo(root_method="eigh", **kw), grads)
     b = run_opt(scale_by_shampoo(root_method="newton", **kw), grads)
     for x, y in zip(a, b):
@@ -168,7 +168,7 @@ def test_power_iterations_level_statistic(x64):
     grads = make_grads((4, 3), steps=3)
     eps = 1e-4
     opt = scale_by_shampoo(
-        block_size=None, beta1=0.0, epsilon=eps, precondition_every=1, graft="none", power_iterations=2
+        block_size=None, beta1=0.0, beta2=1.0, epsilon=eps, precondition_every=1, graft="none", power_iterations=2
     )
     got = run_opt(opt, grads)
     L0, R0 = np.zeros((4, 4)), np.zeros((3, 3))
