@@ -1,0 +1,265 @@
+"""Neural operators: the Neural Spectral Method (NSM) and the grid-based FNO baseline.
+
+Both act on a single sample with channels first (``jax.vmap`` for batches):
+
+- :class:`NSM` maps parameter *coefficients* ``(C_in, *basis.shape)`` to solution coefficients ``(C_out, *basis.shape)``
+  (Du, Chalapathi, Krishnapriyan, ICLR 2024). Each layer is ``v <- sigma_hat(K v + W v + b)``: ``K`` a learned
+  per-mode channel-mixing map on the lowest ``modes`` coefficients, ``W`` a mode-independent channel mix (the pointwise
+  linear path: a pointwise linear map commutes with the transforms), ``b`` a bias on the constant mode, and
+  ``sigma_hat = forward o sigma o inverse`` the activation applied on the collocation grid.
+- :class:`FNO` maps parameter *values* on a uniform grid ``(C_in, *grid)`` (plus appended coordinates) to solution
+  values (Li et al., "Fourier Neural Operator for Parametric PDEs", ICLR 2021), resolution-independent through its
+  truncated Fourier modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray
+
+from ._tensor import TensorBasis
+
+__all__ = ["NSM", "FNO", "SpectralLayer", "FourierLayer"]
+
+
+def _dense(key: PRNGKeyArray, n_in: int, n_out: int, dtype) -> Array:
+    lim = 1.0 / np.sqrt(n_in)
+    return jax.random.uniform(key, (n_in, n_out), dtype, -lim, lim)
+
+
+def _mix(w: Array, v: Array) -> Array:
+    """Channel mix ``(C_in, ...) -> (C_out, ...)`` with ``w: (C_in, C_out)``."""
+    return jnp.tensordot(w, v, axes=([0], [0]))
+
+
+def _add_const(v: Array, b: Array, ndim: int) -> Array:
+    """Add ``b[c]`` times the constant function, i.e. to the coefficient of mode ``(0, ..., 0)``."""
+    idx = (slice(None),) + (0,) * ndim
+    return v.at[idx].add(b)
+
+
+class SpectralLayer(eqx.Module):
+    """``K v + W v + b`` in coefficient space: per-mode weights ``K[k_1..k_d, i, o]`` on the lowest ``modes``
+    coefficient indices (higher ones only see ``W``), channel mix ``W[i, o]`` and a constant-mode bias ``b[o]``."""
+
+    kernel: Array
+    linear: Array
+    bias: Array
+    modes: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, width_in: int, width_out: int, modes: Sequence[int], key: PRNGKeyArray, dtype=None):
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        k1, k2 = jax.random.split(key)
+        self.modes = tuple(int(m) for m in modes)
+        scale = 1.0 / np.sqrt(width_in)
+        self.kernel = scale * jax.random.normal(k1, (*self.modes, width_in, width_out), dtype)
+        self.linear = _dense(k2, width_in, width_out, dtype)
+        self.bias = jnp.zeros((width_out,), dtype)
+
+    def __call__(self, v: Array) -> Array:
+        d = len(self.modes)
+        low = v[(slice(None),) + tuple(slice(0, m) for m in self.modes)]
+        letters = "abc"[:d]
+        kv = jnp.einsum(f"i{letters},{letters}io->o{letters}", low, self.kernel)
+        pad = [(0, 0)] + [(0, n - m) for n, m in zip(v.shape[1:], self.modes)]
+        out = jnp.pad(kv, pad) + _mix(self.linear, v)
+        return _add_const(out, self.bias, d)
+
+
+class NSM(eqx.Module):
+    """Neural Spectral Method operator on a :class:`TensorBasis`.
+
+    ``x (C_in, *basis.shape)`` -> lift (channel mix + bias) -> ``depth`` x [:class:`SpectralLayer` -> spectral
+    activation] -> projection (channel mix -> spectral activation -> channel mix) -> ``(C_out, *basis.shape)``.
+    The spectral activation transforms to the collocation grid ``activation_grid`` (default: the basis grid, size
+    ``n`` per axis), applies ``activation`` pointwise and transforms back.
+
+    Arguments:
+        basis: the coefficient basis of input and output.
+        in_channels, out_channels: channel counts.
+        width: hidden channels (paper: 64).
+        depth: number of spectral layers (paper: 4).
+        modes: per-axis number of coefficient indices with per-mode weights (default: all).
+        activation: pointwise nonlinearity (paper: ReLU).
+        activation_grid: collocation grid shape for the activation (default: the basis shape).
+        key: PRNG key.
+    """
+
+    basis: TensorBasis
+    lift: Array
+    lift_bias: Array
+    layers: tuple[SpectralLayer, ...]
+    proj1: Array
+    proj1_bias: Array
+    proj2: Array
+    activation: Callable[[Array], Array] = eqx.field(static=True)
+    activation_grid: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        basis: TensorBasis,
+        in_channels: int,
+        out_channels: int = 1,
+        width: int = 64,
+        depth: int = 4,
+        modes: Sequence[int] | None = None,
+        activation: Callable[[Array], Array] = jax.nn.relu,
+        activation_grid: Sequence[int] | None = None,
+        *,
+        key: PRNGKeyArray,
+        dtype=None,
+    ):
+        if not isinstance(basis, TensorBasis):
+            raise TypeError(f"`basis` must be a TensorBasis, got {type(basis).__name__}")
+        for name, val in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width)):
+            if not isinstance(val, int | np.integer) or val < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {val!r}")
+        if not isinstance(depth, int | np.integer) or depth < 0:
+            raise ValueError(f"`depth` must be a non-negative integer, got {depth!r}")
+        modes = basis.shape if modes is None else tuple(int(m) for m in modes)
+        if len(modes) != basis.ndim or any(not 1 <= m <= n for m, n in zip(modes, basis.shape)):
+            raise ValueError(
+                f"`modes` must have {basis.ndim} entries in [1, n] for basis shape {basis.shape}, got {modes}"
+            )
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        keys = jax.random.split(key, depth + 3)
+        self.basis = basis
+        self.lift = _dense(keys[0], in_channels, width, dtype)
+        self.lift_bias = jnp.zeros((width,), dtype)
+        self.layers = tuple(SpectralLayer(width, width, modes, k, dtype) for k in keys[1 : depth + 1])
+        self.proj1 = _dense(keys[depth + 1], width, width, dtype)
+        self.proj1_bias = jnp.zeros((width,), dtype)
+        self.proj2 = _dense(keys[depth + 2], width, out_channels, dtype)
+        self.activation = activation
+        self.activation_grid = basis.shape if activation_grid is None else tuple(int(m) for m in activation_grid)
+
+    def _act(self, v: Array) -> Array:
+        return self.basis.apply(self.activation, v, shape=self.activation_grid)
+
+    def __call__(self, x: Array) -> Array:
+        d = self.basis.ndim
+        if x.ndim != d + 1 or tuple(x.shape[1:]) != self.basis.shape or x.shape[0] != self.lift.shape[0]:
+            raise ValueError(
+                f"`x` must have shape ({self.lift.shape[0]}, *{self.basis.shape}) (channels, coefficients), "
+                f"got {x.shape}"
+            )
+        v = _add_const(_mix(self.lift, x), self.lift_bias, d)
+        for layer in self.layers:
+            v = self._act(layer(v))
+        v = self._act(_add_const(_mix(self.proj1, v), self.proj1_bias, d))
+        return _mix(self.proj2, v)
+
+
+class FourierLayer(eqx.Module):
+    """FNO layer ``sigma(K v + W v + b)`` on grid values: ``K`` multiplies the lowest ``modes`` Fourier modes
+    (``rfftn``; both signs of the frequency on all but the last axis) by complex channel-mixing weights."""
+
+    weight_re: Array
+    weight_im: Array
+    linear: Array
+    bias: Array
+    modes: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, width: int, modes: Sequence[int], key: PRNGKeyArray, dtype=None):
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.modes = tuple(int(m) for m in modes)
+        shape = tuple(2 * m for m in self.modes[:-1]) + (self.modes[-1], width, width)
+        scale = 1.0 / width
+        self.weight_re = scale * jax.random.normal(k1, shape, dtype)
+        self.weight_im = scale * jax.random.normal(k2, shape, dtype)
+        self.linear = _dense(k3, width, width, dtype)
+        self.bias = jnp.zeros((width,), dtype)
+
+    def __call__(self, v: Array) -> Array:
+        d = len(self.modes)
+        shape = v.shape[1:]
+        for i, (n, m) in enumerate(zip(shape, self.modes)):
+            need = m if i == d - 1 else 2 * m
+            limit = n // 2 + 1 if i == d - 1 else n
+            if need > limit:
+                raise ValueError(f"grid size {n} along axis {i} is too small for {m} FNO modes")
+        vh = jnp.fft.rfftn(v, axes=tuple(range(1, d + 1)))
+        idx = [np.concatenate([np.arange(m), np.arange(n - m, n)]) for n, m in zip(shape[:-1], self.modes[:-1])]
+        idx.append(np.arange(self.modes[-1]))
+        ix = np.ix_(*idx)
+        low = vh[(slice(None), *ix)]
+        w = (self.weight_re + 1j * self.weight_im).astype(vh.dtype)
+        letters = "abc"[:d]
+        kv = jnp.einsum(f"i{letters},{letters}io->o{letters}", low, w)
+        out_h = jnp.zeros((w.shape[-1], *vh.shape[1:]), vh.dtype).at[(slice(None), *ix)].set(kv)
+        kx = jnp.fft.irfftn(out_h, s=shape, axes=tuple(range(1, d + 1))).astype(v.dtype)
+        out = kx + _mix(self.linear, v) + self.bias[(slice(None),) + (None,) * d]
+        return out
+
+
+class FNO(eqx.Module):
+    """Fourier Neural Operator on uniform grids (the PINN baseline's network).
+
+    ``x (C_in, *grid)`` -> append coordinates in ``[0, 1)`` -> lift -> ``depth`` x [FourierLayer, activation] ->
+    projection (channel mix -> activation -> channel mix) -> ``(C_out, *grid)``. ``pad`` zero-pads the grid by that many
+    points per axis before the Fourier layers (for non-periodic axes) and crops afterwards. Works on any grid with at
+    least ``2 * modes`` points per axis (``modes + 1`` along the last).
+    """
+
+    lift: Array
+    lift_bias: Array
+    layers: tuple[FourierLayer, ...]
+    proj1: Array
+    proj1_bias: Array
+    proj2: Array
+    activation: Callable[[Array], Array] = eqx.field(static=True)
+    pad: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        out_channels: int = 1,
+        width: int = 32,
+        depth: int = 4,
+        modes: int | Sequence[int] = 12,
+        activation: Callable[[Array], Array] = jax.nn.gelu,
+        pad: int | Sequence[int] = 0,
+        *,
+        key: PRNGKeyArray,
+        dtype=None,
+    ):
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"`ndim` must be 1, 2 or 3, got {ndim!r}")
+        modes = (int(modes),) * ndim if isinstance(modes, int | np.integer) else tuple(int(m) for m in modes)
+        if len(modes) != ndim or any(m < 1 for m in modes):
+            raise ValueError(f"`modes` must be a positive int or {ndim} positive ints, got {modes}")
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        keys = jax.random.split(key, depth + 3)
+        self.lift = _dense(keys[0], in_channels + ndim, width, dtype)
+        self.lift_bias = jnp.zeros((width,), dtype)
+        self.layers = tuple(FourierLayer(width, modes, k, dtype) for k in keys[1 : depth + 1])
+        self.proj1 = _dense(keys[depth + 1], width, 2 * width, dtype)
+        self.proj1_bias = jnp.zeros((2 * width,), dtype)
+        self.proj2 = _dense(keys[depth + 2], 2 * width, out_channels, dtype)
+        self.activation = activation
+        self.pad = (int(pad),) * ndim if isinstance(pad, int | np.integer) else tuple(int(p) for p in pad)
+
+    def __call__(self, x: Array) -> Array:
+        d = len(self.pad)
+        if x.ndim != d + 1 or x.shape[0] + d != self.lift.shape[0]:
+            raise ValueError(f"`x` must have shape ({self.lift.shape[0] - d}, *grid) with {d} grid axes, got {x.shape}")
+        shape = x.shape[1:]
+        coords = jnp.meshgrid(*[jnp.arange(n, dtype=x.dtype) / n for n in shape], indexing="ij")
+        x = jnp.concatenate([x, jnp.stack(coords)], axis=0)
+        bshape = (slice(None),) + (None,) * d
+        v = _mix(self.lift, x) + self.lift_bias[bshape]
+        v = jnp.pad(v, [(0, 0)] + [(0, p) for p in self.pad])
+        for i, layer in enumerate(self.layers):
+            v = layer(v)
+            if i < len(self.layers) - 1:
+                v = self.activation(v)
+        v = v[(slice(None), *[slice(0, n) for n in shape])]
+        v = self.activation(_mix(self.proj1, v) + self.proj1_bias[bshape])
+        return _mix(self.proj2, v)

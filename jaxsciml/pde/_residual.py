@@ -1,0 +1,80 @@
+"""A small vocabulary for PDE residuals in coefficient space, and the exact (Parseval) spectral loss.
+
+A residual is written as ordinary JAX code on coefficient arrays, e.g. for ``-Laplace(u) = f``::
+
+    r = -laplacian(u, basis) - f
+    loss = spectral_loss(r, basis)
+
+and for reaction--diffusion ``u_t = nu u_xx + rho u (1 - u)`` on ``Fourier(x) x Chebyshev(t)``::
+
+    r = derivative(u, basis, 1) - nu * derivative(u, basis, 0, 2) - rho * pointwise(lambda v: v * (1 - v), basis, u)
+
+Every function takes a 1-D basis or a :class:`~jaxsciml.pde.TensorBasis` and coefficient arrays with the basis shape as
+trailing axes (leading axes are batch / channel axes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+from ._basis import AbstractBasis
+from ._tensor import TensorBasis, as_tensor_basis
+
+__all__ = [
+    "derivative",
+    "laplacian",
+    "product",
+    "pointwise",
+    "squared_norm",
+    "spectral_loss",
+    "relative_l2",
+]
+
+Basis = AbstractBasis | TensorBasis
+
+
+def derivative(coeffs: ArrayLike, basis: Basis, axis: int = 0, order: int = 1) -> Array:
+    """Exact ``d^order u / dx_axis^order`` (linear map on coefficients)."""
+    return as_tensor_basis(basis).derivative(coeffs, axis, order)
+
+
+def laplacian(coeffs: ArrayLike, basis: Basis, axes: tuple[int, ...] | None = None) -> Array:
+    """Exact Laplacian over ``axes`` (default all axes)."""
+    return as_tensor_basis(basis).laplacian(coeffs, axes)
+
+
+def product(a: ArrayLike, b: ArrayLike, basis: Basis) -> Array:
+    """Dealiased product ``a * b`` (3/2-rule padded collocation grid; exact on the retained modes)."""
+    return as_tensor_basis(basis).product(a, b)
+
+
+def pointwise(fn: Callable[..., Array], basis: Basis, *coeffs: ArrayLike, dealias: bool = True) -> Array:
+    """Coefficients of ``fn(u_1, ...)`` applied pointwise on collocation points (padded by the 3/2 rule if
+    ``dealias``) and transformed back."""
+    return as_tensor_basis(basis).apply(fn, *coeffs, shape="dealias" if dealias else None)
+
+
+def squared_norm(coeffs: ArrayLike, basis: Basis) -> Array:
+    """Exact ``||u||^2 = int_Omega u(x)^2 dx`` per leading index (reduces the basis axes).
+
+    Fourier axes: Parseval, ``L (a_0^2 + sum_k (a_k^2 + b_k^2) / 2)``. Chebyshev axes: ``c^T G c`` with the exact Gram
+    matrix ``G_jk = int T_j T_k dx`` of the Lebesgue measure (Legendre weight, *not* the Chebyshev weight
+    ``1/sqrt(1-s^2)``). Tensor products: ``c^T (G_1 x ... x G_d) c``.
+    """
+    return as_tensor_basis(basis).squared_norm(coeffs)
+
+
+def spectral_loss(residual_coeffs: ArrayLike, basis: Basis) -> Array:
+    """Mean over leading (batch) axes of the exact squared L2 norm ``int R^2 dx`` of the residual (see
+    :func:`squared_norm`); a scalar. This is the Neural Spectral Methods loss (Du et al., ICLR 2024, sec. 3)."""
+    return jnp.mean(squared_norm(residual_coeffs, basis))
+
+
+def relative_l2(pred_coeffs: ArrayLike, true_coeffs: ArrayLike, basis: Basis) -> Array:
+    """Exact relative L2 error ``||u - v|| / ||v||`` per leading index."""
+    pred = jnp.asarray(pred_coeffs)
+    true = jnp.asarray(true_coeffs)
+    return jnp.sqrt(squared_norm(pred - true, basis) / squared_norm(true, basis))
