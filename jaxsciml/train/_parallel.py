@@ -56,10 +56,20 @@ def _check_leading(batch: PyTree, n: int, what: str) -> None:
 def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "data") -> PyTree:
     """Place `batch` on `mesh`, split along the leading dimension of every leaf over mesh axis `axis`
     (`NamedSharding(mesh, P(axis))`). Every leaf needs a leading dimension divisible by the number of devices on
-    `axis`."""
+    `axis`.
+
+    Single process: `batch` is the global batch. Multi-process (after `jax.distributed.initialize()`): `batch` is
+    this process's *local* share, and the global array is assembled with
+    `jax.make_array_from_process_local_data` (the leading dimension must then be divisible by the number of local
+    devices on `axis`)."""
     n = _axis_size(mesh, axis)
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+        n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+        _check_leading(batch, n_local, f"local devices on mesh axis {axis!r}")
+        return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
     _check_leading(batch, n, f"devices on mesh axis {axis!r}")
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(axis)))
+    return jax.device_put(batch, sharding)
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
