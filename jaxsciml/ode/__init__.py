@@ -1,22 +1,56 @@
 """jaxsciml.ode: neural differential equations with solver-heuristic regularization.
 
-Heuristic-recording solves (Pal et al., ICML 2021, arXiv 2105.03918): :func:`solve_with_heuristics` runs
-``diffrax.diffeqsolve`` with the solver wrapped in :class:`HeuristicSolver`, which accumulates the error-estimate
-heuristic ``R_E = sum_k ||e_k||_w |h_k|`` and the stiffness heuristic ``R_S = sum_k lambda_k |h_k|`` over the accepted
-steps, and returns them with :class:`SolveStats`.
+- Heuristic-recording solves (Pal et al., ICML 2021, arXiv 2105.03918): :func:`solve_with_heuristics` runs
+  ``diffrax.diffeqsolve`` with the solver wrapped in :class:`HeuristicSolver`, which accumulates the error-estimate
+  heuristic ``R_E = sum_k ||e_k||_w |h_k|`` and the stiffness heuristic ``R_S = sum_k lambda_k |h_k|`` over the
+  accepted steps, and returns them with :class:`SolveStats`.
+- Local regularization (Pal et al., ICML 2023, arXiv 2303.02262): :func:`solve_with_local_heuristics` estimates them
+  from one step at randomly sampled time points, with any adjoint.
+- Regularizers in one API (:func:`regularized_solve`, :class:`ODEOutput`): :class:`NoRegularization`,
+  :class:`HeuristicRegularization`, and the baselines :class:`RNODE`, :class:`TayNODE`, :class:`STEER`.
+- Models: :class:`NeuralODE`, :class:`ODEClassifier`, :class:`LatentODE`, :class:`NeuralSDE`,
+  :class:`MLPVectorField`.
 """
 
 from ._heuristics import HeuristicSolver, HeuristicState, stiffness_stage_pair
 from ._local import local_step_heuristics, solve_with_local_heuristics
+from ._models import LatentODE, MLPVectorField, NeuralODE, NeuralSDE, ODEClassifier
+from ._regularizers import (
+    RNODE,
+    STEER,
+    AbstractRegularizer,
+    HeuristicRegularization,
+    NoRegularization,
+    ODEOutput,
+    SolverConfig,
+    TayNODE,
+    regularized_solve,
+    taylor_derivative,
+)
 from ._solve import Heuristics, SolveStats, solve_with_heuristics
 
 __all__ = [
+    "AbstractRegularizer",
+    "HeuristicRegularization",
     "HeuristicSolver",
     "HeuristicState",
     "Heuristics",
+    "LatentODE",
+    "MLPVectorField",
+    "NeuralODE",
+    "NeuralSDE",
+    "NoRegularization",
+    "ODEClassifier",
+    "ODEOutput",
+    "RNODE",
+    "STEER",
     "SolveStats",
+    "SolverConfig",
+    "TayNODE",
     "local_step_heuristics",
+    "regularized_solve",
     "solve_with_heuristics",
     "solve_with_local_heuristics",
     "stiffness_stage_pair",
+    "taylor_derivative",
 ]
