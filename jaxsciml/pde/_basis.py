@@ -30,6 +30,7 @@ L. N. Trefethen, *Spectral Methods in MATLAB* (SIAM 2000), ch. 3 and 8.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -39,6 +40,21 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 __all__ = ["AbstractBasis", "Fourier", "Chebyshev", "dealias_size"]
+
+
+def _jit_when_eager(method: Callable) -> Callable:
+    """Compile a method with ``eqx.filter_jit`` when it is called eagerly (no tracer among the arguments), so eager
+    use does not dispatch dozens of small ops; under an outer transformation it is inlined as plain code (nesting a
+    jit here would also trip an XLA:CPU FFT-layout check when the outer function is partitioned with GSPMD)."""
+    jitted = eqx.filter_jit(method)
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+            return method(*args, **kwargs)
+        return jitted(*args, **kwargs)
+
+    return wrapper
 
 
 def dealias_size(n: int) -> int:
@@ -207,30 +223,21 @@ class Fourier(AbstractBasis):
         ab = ab.reshape(*z.shape[:-1], 2 * self.kmax)
         return jnp.concatenate([z[..., :1].real, ab], axis=-1)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def forward(self, values: Array, axis: int = -1) -> Array:
         values, m = self._check_values(values, axis)
 
-        def fn(v):
-            z = jnp.fft.rfft(v, axis=-1)[..., : self.kmax + 1] / m
-            return self._from_complex(z)
+        return _along(lambda v: _fourier_forward(v, self.n), values, axis)
 
-        return _along(fn, values, axis)
-
-    @eqx.filter_jit
+    @_jit_when_eager
     def inverse(self, coeffs: Array, m: int | None = None, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
         m = self._check_m(m)
 
-        def fn(c):
-            z = self._to_complex(c)
-            z = jnp.pad(z, [(0, 0)] * (z.ndim - 1) + [(0, m // 2 + 1 - z.shape[-1])])
-            return jnp.fft.irfft(z * m, n=m, axis=-1).astype(c.dtype)
+        return _along(lambda c: _fourier_inverse(c, m), coeffs, axis)
 
-        return _along(fn, coeffs, axis)
-
-    @eqx.filter_jit
+    @_jit_when_eager
     def derivative(self, coeffs: Array, order: int = 1, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
@@ -248,7 +255,7 @@ class Fourier(AbstractBasis):
 
         return _along(fn, coeffs, axis)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def antiderivative(self, coeffs: Array, axis: int = -1) -> Array:
         """Periodic antiderivative of ``u - mean(u)`` with zero mean (the mean ``a_0`` cannot be integrated
         periodically; it contributes ``a_0 (x - a)``, which is not representable and is dropped)."""
@@ -264,7 +271,7 @@ class Fourier(AbstractBasis):
 
         return _along(fn, coeffs, axis)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def integrate(self, coeffs: Array, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
@@ -279,7 +286,7 @@ class Fourier(AbstractBasis):
         cs = jnp.stack([jnp.cos(th), jnp.sin(th)], axis=-1).reshape(x.shape[0], 2 * self.kmax)
         return jnp.concatenate([jnp.ones_like(x)[:, None], cs], axis=-1)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def evaluate(self, coeffs: Array, x: ArrayLike, axis: int = -1) -> Array:
         """Direct sum ``u(x_p) = sum_k c_k phi_k(x_p)`` at arbitrary points (O(n P))."""
         coeffs = _float(coeffs)
@@ -296,7 +303,7 @@ class Fourier(AbstractBasis):
     def gram(self) -> np.ndarray:
         return np.diag(self.weights())
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def apply_gram(self, coeffs: Array, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
@@ -316,6 +323,134 @@ def _dct1(v: Array) -> Array:
     computed as a real FFT of the even extension (length ``2N``)."""
     ext = jnp.concatenate([v, v[..., -2:0:-1]], axis=-1)
     return jnp.fft.rfft(ext, axis=-1).real.astype(v.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transform kernels along the last axis, with hand-written adjoints (custom VJPs).
+#
+# Each transform is linear and its adjoint is the *other* transform up to diagonal weights, so the backward pass runs
+# the same FFTs as the forward pass. (Besides being cheaper, this sidesteps an XLA:CPU failure -- a RET_CHECK on the FFT
+# operand layout -- seen when the autodiff transposes of chained multi-axis rfft/irfft ops are partitioned by GSPMD.)
+
+
+def _fourier_weights(n: int, dtype, value: float) -> Array:
+    w = np.full(n, value)
+    w[0] = 1.0
+    return jnp.asarray(w, dtype)
+
+
+def _fourier_forward_impl(v: Array, n: int) -> Array:
+    m, kmax = v.shape[-1], (n - 1) // 2
+    z = jnp.fft.rfft(v, axis=-1)[..., : kmax + 1] / m
+    ab = jnp.stack([2 * z[..., 1:].real, -2 * z[..., 1:].imag], axis=-1).reshape(*z.shape[:-1], 2 * kmax)
+    return jnp.concatenate([z[..., :1].real, ab], axis=-1).astype(v.dtype)
+
+
+def _fourier_inverse_impl(c: Array, m: int) -> Array:
+    n = c.shape[-1]
+    kmax = (n - 1) // 2
+    a0 = c[..., :1].astype(jnp.result_type(c.dtype, jnp.complex64))
+    ab = c[..., 1:].reshape(*c.shape[:-1], kmax, 2)
+    z = jnp.concatenate([a0, 0.5 * (ab[..., 0] - 1j * ab[..., 1])], axis=-1)
+    z = jnp.pad(z, [(0, 0)] * (z.ndim - 1) + [(0, m // 2 + 1 - z.shape[-1])])
+    return jnp.fft.irfft(z * m, n=m, axis=-1).astype(c.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _fourier_forward(v: Array, n: int) -> Array:
+    """``m`` equispaced values -> ``n`` real-layout coefficients (last axis)."""
+    return _fourier_forward_impl(v, n)
+
+
+def _fourier_forward_fwd(v, n):
+    return _fourier_forward_impl(v, n), v.shape[-1]
+
+
+def _fourier_forward_bwd(n, m, ct):
+    # c = F v with a_0 = mean(v), a_k = (2/m) sum v cos, b_k = (2/m) sum v sin  =>  F^T c = Inv_m(w c) / m, w = [1,2,..]
+    return (_fourier_inverse(ct * _fourier_weights(n, ct.dtype, 2.0), m) / m,)
+
+
+_fourier_forward.defvjp(_fourier_forward_fwd, _fourier_forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _fourier_inverse(c: Array, m: int) -> Array:
+    """``n`` real-layout coefficients -> values on ``m`` equispaced points (last axis)."""
+    return _fourier_inverse_impl(c, m)
+
+
+def _fourier_inverse_fwd(c, m):
+    return _fourier_inverse_impl(c, m), c.shape[-1]
+
+
+def _fourier_inverse_bwd(m, n, ct):
+    # Inv^T v = [sum v, sum v cos, sum v sin, ...] = m * F(v) * [1, 1/2, 1/2, ...]
+    return (m * _fourier_forward(ct, n) * _fourier_weights(n, ct.dtype, 0.5),)
+
+
+_fourier_inverse.defvjp(_fourier_inverse_fwd, _fourier_inverse_bwd)
+
+
+def _chebyshev_forward_impl(v: Array, n: int) -> Array:
+    m = v.shape[-1]
+    nn = m - 1
+    y = _dct1(jnp.flip(v, axis=-1)) / nn  # descending points s_j = cos(pi j / N)
+    y = y.at[..., 0].multiply(0.5).at[..., nn].multiply(0.5)
+    return y[..., :n]
+
+
+def _chebyshev_inverse_impl(c: Array, m: int) -> Array:
+    c = jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, m - c.shape[-1])])
+    d = c.at[..., 0].multiply(2.0).at[..., m - 1].multiply(2.0)
+    return jnp.flip(0.5 * _dct1(d), axis=-1)
+
+
+def _lobatto_end_weights(m: int, dtype) -> Array:
+    """``w_j = 1/2`` at both ends, 1 inside (the DCT-I endpoint weights; symmetric, so order-independent)."""
+    w = np.ones(m)
+    w[0] = w[-1] = 0.5
+    return jnp.asarray(w, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _chebyshev_forward(v: Array, n: int) -> Array:
+    """Values on the ascending ``m``-point Lobatto grid -> the first ``n`` Chebyshev coefficients (last axis)."""
+    return _chebyshev_forward_impl(v, n)
+
+
+def _chebyshev_forward_fwd(v, n):
+    return _chebyshev_forward_impl(v, n), v.shape[-1]
+
+
+def _chebyshev_forward_bwd(n, m, ct):
+    # c_k = (2/N) h_k sum_j w_j v_j cos(pi j k / N)  =>  F^T c = (2/N) w * Inv(h c); h_k = 1/2 at k = 0 and k = N
+    nn = m - 1
+    h = _lobatto_end_weights(m, ct.dtype)[:n]
+    return ((2.0 / nn) * _lobatto_end_weights(m, ct.dtype) * _chebyshev_inverse(ct * h, m),)
+
+
+_chebyshev_forward.defvjp(_chebyshev_forward_fwd, _chebyshev_forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _chebyshev_inverse(c: Array, m: int) -> Array:
+    """``n`` Chebyshev coefficients -> values on the ascending ``m``-point Lobatto grid (last axis)."""
+    return _chebyshev_inverse_impl(c, m)
+
+
+def _chebyshev_inverse_fwd(c, m):
+    return _chebyshev_inverse_impl(c, m), c.shape[-1]
+
+
+def _chebyshev_inverse_bwd(m, n, ct):
+    # Inv^T v = sum_j v_j cos(pi j k / N) = (N / (2 h_k)) F(v / w)_k
+    nn = m - 1
+    h = _lobatto_end_weights(m, ct.dtype)[:n]
+    return ((nn / 2.0) * _chebyshev_forward(ct / _lobatto_end_weights(m, ct.dtype), n) / h,)
+
+
+_chebyshev_inverse.defvjp(_chebyshev_inverse_fwd, _chebyshev_inverse_bwd)
 
 
 class Chebyshev(AbstractBasis):
@@ -356,33 +491,21 @@ class Chebyshev(AbstractBasis):
         s = -np.cos(np.pi * np.arange(m) / (m - 1))
         return self.domain[0] + self.length * (s + 1) / 2
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def forward(self, values: Array, axis: int = -1) -> Array:
         values, m = self._check_values(values, axis)
 
-        def fn(v):
-            v = jnp.flip(v, axis=-1)  # descending: s_j = cos(pi j / N)
-            nn = m - 1
-            y = _dct1(v) / nn
-            y = y.at[..., 0].multiply(0.5).at[..., nn].multiply(0.5)
-            return y[..., : self.n]
+        return _along(lambda v: _chebyshev_forward(v, self.n), values, axis)
 
-        return _along(fn, values, axis)
-
-    @eqx.filter_jit
+    @_jit_when_eager
     def inverse(self, coeffs: Array, m: int | None = None, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
         m = self._check_m(m)
 
-        def fn(c):
-            c = jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, m - self.n)])
-            d = c.at[..., 0].multiply(2.0).at[..., m - 1].multiply(2.0)
-            return jnp.flip(0.5 * _dct1(d), axis=-1)
+        return _along(lambda c: _chebyshev_inverse(c, m), coeffs, axis)
 
-        return _along(fn, coeffs, axis)
-
-    @eqx.filter_jit
+    @_jit_when_eager
     def derivative(self, coeffs: Array, order: int = 1, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
@@ -407,7 +530,7 @@ class Chebyshev(AbstractBasis):
 
         return _along(fn, coeffs, axis)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def antiderivative(self, coeffs: Array, axis: int = -1) -> Array:
         """Antiderivative vanishing at the left end ``a``; exact, so it has ``n + 1`` coefficients along ``axis``
         (``I_k = (c_{k-1} - c_{k+1}) / (2k)`` with ``c_0`` doubled, times ``(b - a)/2``)."""
@@ -429,7 +552,7 @@ class Chebyshev(AbstractBasis):
     def _integral_weights(self, n: int) -> np.ndarray:
         return _even_integrals(np.arange(n)) * self.length / 2
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def integrate(self, coeffs: Array, axis: int = -1) -> Array:
         """``int_a^b u dx = (b - a)/2 sum_{k even} 2 c_k / (1 - k^2)``."""
         coeffs = _float(coeffs)
@@ -462,7 +585,7 @@ class Chebyshev(AbstractBasis):
         _, cols = jax.lax.scan(step, (jnp.ones_like(s), s), None, length=self.n)
         return cols.T
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def evaluate(self, coeffs: Array, x: ArrayLike, axis: int = -1) -> Array:
         """Clenshaw's recurrence ``b_k = c_k + 2 s b_{k+1} - b_{k+2}``, ``u = c_0 + s b_1 - b_2`` at points ``x``."""
         coeffs = _float(coeffs)
@@ -491,14 +614,14 @@ class Chebyshev(AbstractBasis):
         s, d = j[:, None] + j[None, :], np.abs(j[:, None] - j[None, :])
         return self.length / 4 * (_even_integrals(s) + _even_integrals(d))
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def apply_gram(self, coeffs: Array, axis: int = -1) -> Array:
         coeffs = _float(coeffs)
         self.check_coeffs(coeffs, axis)
         g = self.gram()
         return _along(lambda c: c @ jnp.asarray(g, c.dtype), coeffs, axis)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def boundary_values(self, coeffs: Array, axis: int = -1) -> tuple[Array, Array]:
         """``(u(a), u(b)) = (sum_k (-1)^k c_k, sum_k c_k)`` (reduces ``axis``)."""
         coeffs = _float(coeffs)
@@ -517,7 +640,7 @@ class Chebyshev(AbstractBasis):
             return np.stack([(-1.0) ** (k + 1) * k**2, k**2]) * (2.0 / self.length)
         raise ValueError(f"`bc` must be one of 'dirichlet', 'neumann', got {bc!r}")
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def enforce_bc(
         self, coeffs: Array, bc: str = "dirichlet", left: ArrayLike = 0.0, right: ArrayLike = 0.0, axis: int = -1
     ) -> Array:
@@ -545,7 +668,7 @@ class Chebyshev(AbstractBasis):
 
         return _along(fn, coeffs, axis)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def multiply_by_x(self, coeffs: Array, axis: int = -1) -> Array:
         """Coefficients of ``(x - a) u(x)`` with ``n + 1`` entries (exact): ``s T_k = (T_{k+1} + T_{|k-1|}) / 2``."""
         coeffs = _float(coeffs)

@@ -5,6 +5,9 @@ A :class:`TensorBasis` of 1-D bases ``(B_1, ..., B_d)`` represents
 shape ``(n_1, ..., n_d)``; any leading axes (batch, channels) are carried along. Every operation applies the 1-D
 operation of :mod:`jaxsciml.pde._basis` along the right axis, so transforms cost O(N log N) and derivatives O(N)
 (``N = prod n_i``).
+
+Multi-axis operations run from the last axis to the first: with this order the gradients of chained transforms compile
+under GSPMD data parallelism on XLA:CPU (the opposite order trips an FFT-layout RET_CHECK there, jax/jaxlib 0.10.2).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._basis import AbstractBasis, Chebyshev, _float, dealias_size
+from ._basis import AbstractBasis, Chebyshev, _float, _jit_when_eager, dealias_size
 
 __all__ = ["TensorBasis", "as_tensor_basis"]
 
@@ -97,32 +100,32 @@ class TensorBasis(eqx.Module):
         """Collocation points as an array of shape ``(*shape, d)`` (``ij`` indexing)."""
         return np.stack(np.meshgrid(*self.grid(shape), indexing="ij"), axis=-1)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def forward(self, values: ArrayLike) -> Array:
         """Values on a collocation grid (trailing shape ``(m_1..m_d)``, ``m_i >= n_i``) -> coefficients."""
         v = _float(values)
         if v.ndim < self.ndim:
             raise ValueError(f"`values` must have at least {self.ndim} dimensions, got shape {v.shape}")
-        for i, b in enumerate(self.bases):
+        for i, b in reversed(list(enumerate(self.bases))):
             v = b.forward(v, axis=i - self.ndim)
         return v
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def inverse(self, coeffs: ArrayLike, shape: int | Sequence[int] | None = None) -> Array:
         """Coefficients -> values on the collocation grid of ``shape`` (default: the basis shape), zero padding."""
         c = self.check_coeffs(coeffs)
         shape = self._shape_arg(shape)
-        for i, (b, m) in enumerate(zip(self.bases, shape)):
+        for i, (b, m) in reversed(list(enumerate(zip(self.bases, shape)))):
             c = b.inverse(c, m, axis=i - self.ndim)
         return c
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def evaluate_grid(self, coeffs: ArrayLike, xs: Sequence[ArrayLike]) -> Array:
         """Values on the tensor grid ``xs[0] x ... x xs[d-1]`` of arbitrary 1-D point sets."""
         c = self.check_coeffs(coeffs)
         if len(xs) != self.ndim:
             raise ValueError(f"`xs` must have {self.ndim} point arrays (one per axis), got {len(xs)}")
-        for i, (b, x) in enumerate(zip(self.bases, xs)):
+        for i, (b, x) in reversed(list(enumerate(zip(self.bases, xs)))):
             c = b.evaluate(c, x, axis=i - self.ndim)
         return c
 
@@ -139,13 +142,13 @@ class TensorBasis(eqx.Module):
             out.append(a + (e - a) * np.arange(m) / m if b.periodic else np.linspace(a, e, int(m)))
         return tuple(out)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def evaluate_uniform(self, coeffs: ArrayLike, shape: int | Sequence[int]) -> Array:
         """Values on :meth:`uniform_grid`: inverse FFT with zero-padded coefficients on Fourier axes (``m >= n``),
         Clenshaw on Chebyshev axes. This is how a learned solution is evaluated at any resolution."""
         c = self.check_coeffs(coeffs)
         xs = self.uniform_grid(shape)
-        for i, (b, x) in enumerate(zip(self.bases, xs)):
+        for i, (b, x) in reversed(list(enumerate(zip(self.bases, xs)))):
             ax = i - self.ndim
             if b.periodic and len(x) >= b.n:
                 c = b.inverse(c, len(x), axis=ax)
@@ -153,7 +156,7 @@ class TensorBasis(eqx.Module):
                 c = b.evaluate(c, jnp.asarray(x, c.dtype), axis=ax)
         return c
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def evaluate(self, coeffs: ArrayLike, points: ArrayLike) -> Array:
         """Values at scattered points of shape ``(P, d)``; returns ``(..., P)``."""
         c = self.check_coeffs(coeffs)
@@ -166,7 +169,7 @@ class TensorBasis(eqx.Module):
         return jnp.einsum(spec, c, *mats)
 
     # ------------------------------------------------------------------------------------------------ calculus
-    @eqx.filter_jit
+    @_jit_when_eager
     def derivative(self, coeffs: ArrayLike, axis: int, order: int = 1) -> Array:
         """Exact ``d^order u / dx_axis^order`` in coefficient space."""
         c = self.check_coeffs(coeffs)
@@ -176,7 +179,7 @@ class TensorBasis(eqx.Module):
     def gradient(self, coeffs: ArrayLike) -> tuple[Array, ...]:
         return tuple(self.derivative(coeffs, i) for i in range(self.ndim))
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def laplacian(self, coeffs: ArrayLike, axes: Sequence[int] | None = None) -> Array:
         """Sum of second derivatives over ``axes`` (default: all axes)."""
         axes = range(self.ndim) if axes is None else axes
@@ -186,7 +189,7 @@ class TensorBasis(eqx.Module):
             out = d2 if out is None else out + d2
         return out
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def integrate(self, coeffs: ArrayLike) -> Array:
         """Definite integral over the whole box (reduces the trailing ``d`` axes)."""
         c = self.check_coeffs(coeffs)
@@ -195,7 +198,7 @@ class TensorBasis(eqx.Module):
         return c
 
     # ---------------------------------------------------------------------------------------- nonlinear terms
-    @eqx.filter_jit
+    @_jit_when_eager
     def apply(
         self, fn: Callable[..., Array], *coeffs: ArrayLike, shape: int | Sequence[int] | None = "dealias"
     ) -> Array:
@@ -211,21 +214,21 @@ class TensorBasis(eqx.Module):
         vals = [self.inverse(c, grid_shape) for c in coeffs]
         return self.forward(fn(*vals))
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def product(self, a: ArrayLike, b: ArrayLike) -> Array:
         """Dealiased product ``a * b`` (3/2-rule padding; exact for the retained modes)."""
         return self.apply(jnp.multiply, a, b)
 
     # -------------------------------------------------------------------------------------------------- norms
-    @eqx.filter_jit
+    @_jit_when_eager
     def apply_gram(self, coeffs: ArrayLike) -> Array:
         """``(G_1 x ... x G_d) c`` (Fourier: diagonal Parseval weights; Chebyshev: the exact dx Gram matrix)."""
         c = self.check_coeffs(coeffs)
-        for i, b in enumerate(self.bases):
+        for i, b in reversed(list(enumerate(self.bases))):
             c = b.apply_gram(c, axis=i - self.ndim)
         return c
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def squared_norm(self, coeffs: ArrayLike) -> Array:
         """Exact ``int u^2 dx`` over the box (reduces the trailing ``d`` axes)."""
         c = self.check_coeffs(coeffs)
@@ -248,7 +251,7 @@ class TensorBasis(eqx.Module):
         _, b = self._chebyshev(axis, "Chebyshev quadrature")
         return b.quadrature_weights(m)
 
-    @eqx.filter_jit
+    @_jit_when_eager
     def enforce_bc(
         self,
         coeffs: ArrayLike,
