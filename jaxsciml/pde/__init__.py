@@ -6,6 +6,7 @@ from ._models import FNO, NSM, FourierLayer, SpectralLayer
 from ._poisson import PoissonDirichlet, PoissonPeriodic, chebyshev_diff_matrix, solve_poisson_dirichlet
 from ._problem import AbstractProblem
 from ._random import gaussian_random_field, grf_spectrum
+from ._reaction_diffusion import ReactionDiffusion, etdrk4_coefficients, solve_reaction_diffusion
 from ._residual import derivative, laplacian, pointwise, product, relative_l2, spectral_loss, squared_norm
 from ._tensor import TensorBasis, as_tensor_basis
 from ._training import (
@@ -19,6 +20,9 @@ from ._training import (
 )
 
 __all__ = [
+    "solve_reaction_diffusion",
+    "etdrk4_coefficients",
+    "ReactionDiffusion",
     "train_operator",
     "relative_error",
     "nsm_predict",
