@@ -3,6 +3,7 @@ Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-l
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
 from ._models import FNO, NSM, FourierLayer, SpectralLayer
+from ._navier_stokes import NavierStokes2D, fno_forcing, solve_navier_stokes
 from ._poisson import PoissonDirichlet, PoissonPeriodic, chebyshev_diff_matrix, solve_poisson_dirichlet
 from ._problem import AbstractProblem
 from ._random import gaussian_random_field, grf_spectrum
@@ -20,6 +21,9 @@ from ._training import (
 )
 
 __all__ = [
+    "solve_navier_stokes",
+    "fno_forcing",
+    "NavierStokes2D",
     "solve_reaction_diffusion",
     "etdrk4_coefficients",
     "ReactionDiffusion",
