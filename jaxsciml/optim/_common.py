@@ -107,3 +107,13 @@ def momentum_update(u, mu, t, beta1, nesterov: bool):
     else:
         out = mu / (1.0 - beta1**tf)
     return out, mu
+
+
+def check_real(leaves) -> None:
+    """Kronecker statistics here are real (``G G^T``): complex parameters must be split into real/imaginary parts."""
+    for x in leaves:
+        if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+            raise TypeError(
+                f"complex parameters are not supported (got a {jnp.result_type(x)} leaf of shape {jnp.shape(x)}); "
+                "store them as separate real and imaginary arrays."
+            )

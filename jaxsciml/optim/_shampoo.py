@@ -325,6 +325,7 @@ def scale_by_shampoo(
         leaves = jax.tree_util.tree_leaves(params)
         plans = plans_of(leaves)
         stats, roots, eigvals, eigvecs, gacc, mus = [], [], [], [], [], []
+        C.check_real(leaves)
         for x, plan in zip(leaves, plans):
             dt = C.compute_dtype(x.dtype)
             if plan.kind == "block":

@@ -90,6 +90,7 @@ def scale_by_soap(
     def init_fn(params):
         leaves = jax.tree_util.tree_leaves(params)
         stats, bases, mu, nu = [], [], [], []
+        C.check_real(leaves)
         for x, plan in zip(leaves, plans_of(leaves)):
             dt = C.compute_dtype(x.dtype)
             mu.append(jnp.zeros(jnp.shape(x), dt))
