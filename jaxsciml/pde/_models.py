@@ -56,7 +56,10 @@ class SpectralLayer(eqx.Module):
         dtype = jnp.result_type(float) if dtype is None else dtype
         k1, k2 = jax.random.split(key)
         self.modes = tuple(int(m) for m in modes)
-        scale = 1.0 / np.sqrt(width_in)
+        # small per-mode weights (FNO's 1/(in*out) scale): with O(1/sqrt(in)) weights every mode starts with O(1)
+        # content, and the spectral loss, which weights mode k by |k|^4 for second-order operators, is dominated by
+        # removing it (measured: ~30x worse error after 300 steps on periodic Poisson).
+        scale = 1.0 / (width_in * width_out)
         self.kernel = scale * jax.random.normal(k1, (*self.modes, width_in, width_out), dtype)
         self.linear = _dense(k2, width_in, width_out, dtype)
         self.bias = jnp.zeros((width_out,), dtype)
