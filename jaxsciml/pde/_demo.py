@@ -82,7 +82,7 @@ def run_demo(size: str = "small", progress: bool = True, out_dir: str | None = N
         rd = ReactionDiffusion(nu=0.05, rho=5.0, nx=31, nt=12, ref_steps=200)
         rd_test = rd.sample(jax.random.key(7), 16)
         rd_ref = jax.vmap(lambda p: rd.reference(p, (64, 21)))(rd_test)
-        m = NSM(rd.basis, 1, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key)
+        m = NSM(rd.basis, rd.in_channels, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key)
         m, rec_r = train_operator(
             m,
             lambda mm, p: nsm_loss(mm, rd, p),

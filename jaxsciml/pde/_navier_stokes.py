@@ -161,9 +161,16 @@ class NavierStokes2D(AbstractProblem):
         x, y = (jnp.asarray(g, dtype) for g in sp.grid())
         return self._lift_ic(sp.forward(fno_forcing(x[:, None], y[None, :])))
 
+    @property
+    def in_channels(self) -> int:
+        return 2
+
     def model_input(self, params: Array) -> Array:
+        """Two channels: ``w0(x, y)`` (constant in ``t``) and the time coordinate ``t``."""
         self.space.check_coeffs(params, "params")
-        return self._lift_ic(params)[None]
+        t = np.zeros(self.basis.shape)
+        t[0, 0, 0] = t[0, 0, 1] = self.t_final / 2
+        return jnp.stack([self._lift_ic(params), jnp.asarray(t, params.dtype)])
 
     def constrain(self, raw: Array, params: Array) -> Array:
         v = raw[0].at[..., -1].set(0.0)
