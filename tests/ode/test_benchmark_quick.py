@@ -19,4 +19,4 @@ def test_quick_benchmark(tmp_path):
     for r in digits:
         assert 0 <= r["accuracy_%"] <= 100 and r["pred_nfe"] >= 7
     over = tables["heuristic recording overhead (forward+backward)"]
-    assert 0.3 < over[1]["ratio"] < 3.0
+    assert len(over) == 3 and all(0.3 < r["ratio_min"] < 3.0 for r in over)

@@ -41,7 +41,7 @@ def test_linear_decay_stiffness_is_exact(x64, strategy):
     assert float(h.error) > 0
 
 
-@pytest.mark.parametrize("strategy", ["unbiased", "biased"])
+@pytest.mark.parametrize("strategy", ["unbiased", pytest.param("biased", marks=pytest.mark.slow)])
 def test_backsolve_gradients_match_finite_differences(x64, strategy):
     # BacksolveAdjoint with tight tolerances (rtol 1e-8): its gradient of y(t*) is accurate to ~1e-7 relative; a 5-point
     # central difference with eps 1e-4 has truncation ~1e-10. A fixed local step (local_dt) makes the loss smooth in
