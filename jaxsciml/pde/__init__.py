@@ -1,5 +1,24 @@
 """jaxsciml.pde: spectral bases, spectral residuals and losses, PDE problems with reference solvers, and Neural
-Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-loss baseline."""
+Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-loss baseline.
+
+- Bases: :class:`Fourier` (periodic, real layout ``[a_0, a_1, b_1, ...]``), :class:`Chebyshev` (Gauss--Lobatto, DCT
+  via FFT, tau boundary conditions) and :class:`TensorBasis` (1-D to 3-D products); transforms, exact derivatives,
+  integrals, evaluation anywhere, 3/2-rule dealiased products.
+- Residual vocabulary: :func:`derivative`, :func:`laplacian`, :func:`product`, :func:`pointwise`; loss
+  :func:`spectral_loss` = exact ``int R^2 dx`` (Parseval on Fourier axes, the exact dx Gram matrix on Chebyshev axes).
+- Problems (:class:`AbstractProblem`): :class:`PoissonPeriodic`, :class:`PoissonDirichlet`, :class:`ReactionDiffusion`,
+  :class:`NavierStokes2D`, each with a GRF parameter sampler and a JAX reference solver.
+- Models: :class:`NSM` (coefficient space) and :class:`FNO` (grid), trained by :func:`train_operator` with
+  :func:`nsm_loss` (spectral) or :func:`fno_loss` (finite-difference PINN).
+
+Example (periodic Poisson, ``-Laplace(u) = f``)::
+
+    prob = PoissonPeriodic(n=15)
+    model = NSM(prob.basis, 1, 1, width=32, depth=4, activation=jax.nn.gelu, key=jax.random.key(0))
+    model, record = train_operator(model, lambda m, f: nsm_loss(m, prob, f), lambda k: prob.sample(k, 16), 1000, key)
+    u = nsm_predict(model, prob, f)                       # solution coefficients
+    values = prob.solution_values(u, (256, 256))           # any resolution
+"""
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
 from ._models import FNO, NSM, FourierLayer, SpectralLayer
@@ -21,41 +40,41 @@ from ._training import (
 )
 
 __all__ = [
-    "solve_navier_stokes",
-    "fno_forcing",
-    "NavierStokes2D",
-    "solve_reaction_diffusion",
-    "etdrk4_coefficients",
-    "ReactionDiffusion",
-    "train_operator",
-    "relative_error",
-    "nsm_predict",
-    "nsm_loss",
-    "fno_predict",
-    "fno_loss",
-    "default_optimizer",
     "AbstractBasis",
     "AbstractProblem",
-    "Chebyshev",
-    "FNO",
-    "Fourier",
-    "FourierLayer",
-    "NSM",
-    "PoissonDirichlet",
-    "PoissonPeriodic",
-    "SpectralLayer",
-    "TensorBasis",
     "as_tensor_basis",
+    "Chebyshev",
     "chebyshev_diff_matrix",
     "dealias_size",
+    "default_optimizer",
     "derivative",
+    "etdrk4_coefficients",
+    "FNO",
+    "fno_forcing",
+    "fno_loss",
+    "fno_predict",
+    "Fourier",
+    "FourierLayer",
     "gaussian_random_field",
     "grf_spectrum",
     "laplacian",
+    "NavierStokes2D",
+    "NSM",
+    "nsm_loss",
+    "nsm_predict",
     "pointwise",
+    "PoissonDirichlet",
+    "PoissonPeriodic",
     "product",
+    "ReactionDiffusion",
+    "relative_error",
     "relative_l2",
+    "solve_navier_stokes",
     "solve_poisson_dirichlet",
+    "solve_reaction_diffusion",
     "spectral_loss",
+    "SpectralLayer",
     "squared_norm",
+    "TensorBasis",
+    "train_operator",
 ]

@@ -68,12 +68,15 @@ def train_operator(
     optimizer: optax.GradientTransformation | None = None,
     progress: bool = False,
     desc: str = "train",
+    max_time_s: float | None = None,
 ) -> tuple[eqx.Module, dict[str, Any]]:
     """Train ``model`` to minimise ``loss_fn(model, params)`` on fresh parameter batches ``sample_fn(key)``.
 
     Returns the trained model and a record with the loss history, ``wall_s`` (total, including compilation),
-    ``compile_s`` (first step minus a typical step) and ``step_s`` (median step time after compilation). Non-finite
-    losses raise ``FloatingPointError``.
+    ``compile_s`` (first step minus a typical step), ``step_s`` (median step time after compilation), ``train_s``
+    (``wall_s - compile_s``) and ``steps`` (taken). ``max_time_s`` stops early once the training time (excluding
+    compilation) reaches it (the learning-rate schedule still spans ``steps``). Non-finite losses raise
+    ``FloatingPointError``.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
@@ -101,6 +104,7 @@ def train_operator(
         it = bar
     losses, times = [], []
     t_start = time.perf_counter()
+    compile_s = 0.0
     for i in it:
         key, sub = jax.random.split(key)
         t0 = time.perf_counter()
@@ -112,6 +116,10 @@ def train_operator(
         losses.append(loss)
         if bar is not None and i % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3e}")
+        if i == 1:
+            compile_s = max(times[0] - times[1], 0.0)
+        if max_time_s is not None and time.perf_counter() - t_start - compile_s >= max_time_s:
+            break
     wall = time.perf_counter() - t_start
     typical = sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else times[0]
     record = {
@@ -120,6 +128,6 @@ def train_operator(
         "compile_s": max(times[0] - typical, 0.0),
         "step_s": typical,
         "train_s": wall - max(times[0] - typical, 0.0),
-        "steps": steps,
+        "steps": len(losses),
     }
     return eqx.combine(params, static), record
