@@ -252,6 +252,10 @@ def scale_by_shampoo(
     (level 0 is Shampoo's ``G G^T``), an online version of power iteration towards the best Kronecker approximation
     of ``sum g g^T``; the last level is preconditioned. Combine with ``exponent_override=0.5`` for Shampoo^2.
 
+    Performance note (CPU): jax's CPU ``eigh`` runs LAPACK through scipy's OpenBLAS; on a busy machine its threads
+    can make one 128x128 decomposition take 100x longer than single-threaded. Setting ``OPENBLAS_NUM_THREADS=1``
+    (or ``threadpoolctl.threadpool_limits(1)`` after the first ``eigh``) avoids that.
+
     Args:
         block_size: maximal block dimension (``None``: no blocking).
         beta1: momentum (``0`` disables it and its state).
