@@ -5,10 +5,11 @@ Usage (from the repository root)::
     python benchmarks/run.py            # real sizes; results into benchmarks/results/
     python benchmarks/run.py --quick    # CI-sized smoke run
     python benchmarks/run.py --only shampoo,nsm --out /tmp/results
+    python benchmarks/run.py --summary-only   # rebuild SUMMARY.md and plots from the JSON results already there
 
 Each benchmark script writes ``<name>.json`` and ``<name>.md``; this runner adds ``SUMMARY.md`` (machine, versions,
-date and every table) and one comparison plot per benchmark (``<name>.png``: every column whose name ends in
-``_ratio``, per row).
+date and every table) and one comparison plot per benchmark (``<name>.png``: every column whose name contains
+``ratio``, per row).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ BENCHMARKS = ("ode_regularization", "nsm", "shampoo")
 
 
 def _label(row: dict) -> str:
-    keys = [k for k in ("task", "problem", "method", "model", "optimizer") if k in row]
+    keys = [k for k in ("task", "problem", "solve", "method", "model", "optimizer", "vs", "grid") if k in row]
     return " / ".join(str(row[k]) for k in keys) or "row"
 
 
 def plot_ratios(payload: dict, path: Path) -> bool:
-    """Bar chart of every ``*_ratio`` column of every table; returns whether a figure was written."""
+    """Bar chart of every column whose name contains ``ratio`` of every table; returns whether a figure was written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +45,7 @@ def plot_ratios(payload: dict, path: Path) -> bool:
 
     panels = []
     for title, rows in payload.get("tables", {}).items():
-        cols = sorted({c for r in rows for c in r if c.endswith("_ratio")})
+        cols = sorted({c for r in rows for c in r if "ratio" in c})
         for c in cols:
             pts = [(_label(r), float(r[c])) for r in rows if isinstance(r.get(c), int | float)]
             if pts:
@@ -60,11 +61,53 @@ def plot_ratios(payload: dict, path: Path) -> bool:
         ax.barh(range(len(vals)), vals, color="tab:blue")
         ax.set_yticks(range(len(vals)), labels, fontsize=7)
         ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        if min(vals) > 0 and max(vals) / min(vals) > 50:
+            ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def write_summary(results: dict, out: Path, *, size: str, timings: Sequence[dict] = (), plots: bool = True) -> str:
+    """Write ``SUMMARY.md`` (and, if ``plots``, one ``<name>.png`` per benchmark) into ``out`` from the benchmark
+    payloads in ``results`` (name -> the dict each script wrote as ``<name>.json``). Returns the Markdown."""
+    if plots:
+        for n, payload in results.items():
+            plot_ratios(payload, out / f"{n}.png")
+    m = machine_info()
+    md = [
+        "# jaxsciml benchmark summary",
+        "",
+        f"- summary written: {m['date']}",
+        f"- size: {size}",
+        "",
+        "Reproduce: `python benchmarks/run.py" + (" --quick" if size == "quick" else "") + "` (each benchmark alone: "
+        "`python benchmarks/<name>.py`)",
+        "",
+    ]
+    if timings:
+        md += [markdown_table(list(timings))]
+    for n, payload in results.items():
+        bm = payload.get("machine", {})
+        md += [f"## {n}", ""]
+        if bm:
+            md += [
+                f"- run: {bm.get('date', '?')} on {bm.get('cpu', '?')} ({bm.get('cpu_count', '?')} cores), "
+                f"backend {bm.get('jax_backend', '?')}",
+                "- versions: " + ", ".join(f"{k} {v}" for k, v in bm.get("versions", {}).items()),
+                "",
+            ]
+        for title, rows in payload["tables"].items():
+            md += [f"### {title}", "", markdown_table(rows)]
+        if payload.get("notes"):
+            md += [payload["notes"], ""]
+        if plots and (out / f"{n}.png").exists():
+            md += [f"![{n}]({n}.png)", ""]
+    text = "\n".join(md)
+    (out / "SUMMARY.md").write_text(text)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -75,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output directory (default benchmarks/results)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="do not run anything: rebuild SUMMARY.md and the plots from the <name>.json files already in --out",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     for n in names:
@@ -85,36 +133,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results: dict = {}
     timings = []
     for n in names:
-        mod = importlib.import_module(f"benchmarks.{n}")
-        t0 = time.perf_counter()
-        mod.main((["--quick"] if args.quick else []) + ["--out", str(out)])
-        timings.append({"benchmark": n, "wall_s": time.perf_counter() - t0})
+        if args.summary_only:
+            path = out / f"{n}.json"
+            if not path.exists():
+                raise SystemExit(f"--summary-only: {path} does not exist; run the benchmark first")
+        else:
+            mod = importlib.import_module(f"benchmarks.{n}")
+            t0 = time.perf_counter()
+            mod.main((["--quick"] if args.quick else []) + ["--out", str(out)])
+            timings.append({"benchmark": n, "wall_s": time.perf_counter() - t0})
         results[n] = json.loads((out / f"{n}.json").read_text())
-        if not args.no_plots:
-            plot_ratios(results[n], out / f"{n}.png")
-    m = machine_info()
-    md = [
-        "# jaxsciml benchmark summary",
-        "",
-        f"- date: {m['date']}",
-        f"- size: {'quick' if args.quick else 'default'}",
-        f"- machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}, backend {m['jax_backend']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        "",
-        "Reproduce: `python benchmarks/run.py" + (" --quick" if args.quick else "") + "`",
-        "",
-        markdown_table(timings),
-    ]
-    for n, payload in results.items():
-        md += [f"## {n}", ""]
-        for title, rows in payload["tables"].items():
-            md += [f"### {title}", "", markdown_table(rows)]
-        if payload.get("notes"):
-            md += [payload["notes"], ""]
-        if (out / f"{n}.png").exists() and not args.no_plots:
-            md += [f"![{n}]({n}.png)", ""]
-    (out / "SUMMARY.md").write_text("\n".join(md))
-    print("\n".join(md))
+    size = "quick" if args.quick else ("as recorded in each benchmark's config" if args.summary_only else "default")
+    print(write_summary(results, out, size=size, timings=timings, plots=not args.no_plots))
     return results
 
 
