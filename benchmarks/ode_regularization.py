@@ -49,6 +49,7 @@ from jaxsciml.ode import (
     TayNODE,
     solve_with_heuristics,
 )
+from jaxsciml.ode._demo import spiral_data  # the same toy data as `jaxsciml demo`
 
 NAME = "ode_regularization"
 
@@ -224,23 +225,6 @@ def latent_task(cfg, progress=print):
 
 
 # ------------------------------------------------------------------------------------------------------------ spiral
-def spiral_data(n_t=40, t1=1.5):
-    a = jnp.array([[-0.1, 2.0], [-2.0, -0.1]])
-    y0 = jnp.array([2.0, 0.0])
-    ts = jnp.linspace(0.0, t1, n_t)
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(lambda t, y, args: (y**3) @ a),
-        dfx.Tsit5(),
-        0.0,
-        t1,
-        0.01,
-        y0,
-        saveat=dfx.SaveAt(ts=ts),
-        stepsize_controller=dfx.PIDController(rtol=1e-7, atol=1e-9),
-    )
-    return ts, y0, sol.ys
-
-
 def spiral_task(cfg, progress=print):
     ts, y0, ys_true = spiral_data(t1=cfg["spiral_t1"])
     solver_cfg = SolverConfig(rtol=cfg["rtol"], atol=cfg["atol"])
