@@ -282,7 +282,10 @@ def sde_task(cfg, progress=print):
         return out.ys, out.stats.num_fevals
 
     results = {}
-    for name, reg in {"unregularized": None, "error (global)": HeuristicRegularization(cfg["sde_lam"])}.items():
+    methods = {"unregularized": None}
+    for lam in cfg["sde_lams"]:
+        methods[f"error (global), lam_E={lam:g}"] = HeuristicRegularization(lam)
+    for name, reg in methods.items():
 
         def loss_fn(model, batch, key, reg=reg):
             out = jax.vmap(lambda y, k: model(y, key=k, regularizer=reg))(y0s, keys)
@@ -376,8 +379,8 @@ _DEFAULT = dict(
     spiral_width=32,
     spiral_steps=300,
     sde_batch=16,
-    sde_steps=60,
-    sde_lam=1.0,
+    sde_steps=300,
+    sde_lams=(0.1, 0.3, 1.0),
     latent_lam_scale=0.02,
     spiral_lam_scale=0.01,
     repeats=5,
