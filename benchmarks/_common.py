@@ -74,7 +74,9 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = ".4g") -> str:
     if not rows:
         return "(no rows)\n"
-    columns = list(columns or rows[0].keys())
+    if columns is None:  # union of the rows' keys, in order of first appearance (rows may differ in columns)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = list(columns)
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -99,9 +101,16 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, "machine": machine_info(), "config": config or {}, "tables": tables, "notes": notes}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / f"{name}.md").write_text(render_markdown(payload))
+    return payload
+
+
+def render_markdown(payload: dict[str, Any]) -> str:
+    """The ``<name>.md`` report of a benchmark payload (as written to ``<name>.json``)."""
     m = payload["machine"]
+    config = payload.get("config")
     md = [
-        f"# {name}",
+        f"# {payload['name']}",
         "",
         f"- date: {m['date']}",
         f"- machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}",
@@ -111,9 +120,8 @@ def write_results(
     ]
     if config:
         md += ["config: `" + json.dumps(config, default=str) + "`", ""]
-    for title, rows in tables.items():
+    for title, rows in payload["tables"].items():
         md += [f"## {title}", "", markdown_table(rows)]
-    if notes:
-        md += ["", notes, ""]
-    (out / f"{name}.md").write_text("\n".join(md))
-    return payload
+    if payload.get("notes"):
+        md += ["", payload["notes"], ""]
+    return "\n".join(md)

@@ -305,8 +305,8 @@ def main(argv=None) -> dict:
         "Equal training time: each FNO+PINN trains for (NSM training time / its measured step time) steps, capped "
         "at `fno_max_steps`, compile excluded. Errors are relative L2 on held-out parameters against the spectral "
         "reference solvers (FNO on its own grid, NSM on a 64-point-per-axis uniform grid). Inference times are for "
-        "the whole test batch, median of repeats, compile excluded. Timings are noisy: other processes shared the "
-        "2 CPU cores."
+        "the whole test batch, median of repeats, compile excluded. Timings on a small CPU are noisy: "
+        "compare ratios within one run, not absolute times across runs."
     )
     return write_results(
         "nsm" if not args.quick else "nsm_quick",

@@ -435,8 +435,8 @@ def main(argv=None) -> dict:
         "Ratios are to the unregularized model of the same task (same seeds, data, optimiser, steps). pred_nfe: "
         "mean vector-field evaluations per example of the unregularized prediction solve (Tsit5 + PID, "
         f"rtol={cfg['rtol']}, atol={cfg['atol']}; the neural SDE uses Heun, rtol=atol=1e-2). Times exclude "
-        "compilation; the machine's 2 cores are shared with other processes, so wall times are noisy (compare "
-        "ratios, not absolute numbers). Total benchmark wall time: "
+        "compilation; wall times on a small CPU are noisy (compare ratios within one run, "
+        "not absolute numbers). Total benchmark wall time: "
         f"{time.perf_counter() - t0:.0f} s."
     )
     return write_results(NAME, tables, args.out, notes=notes, config=cfg)

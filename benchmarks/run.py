@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS_DIR, machine_info, markdown_table  # noqa: E402
+from benchmarks._common import RESULTS_DIR, machine_info, markdown_table, render_markdown  # noqa: E402
 
 BENCHMARKS = ("ode_regularization", "nsm", "shampoo")
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--summary-only",
         action="store_true",
-        help="do not run anything: rebuild SUMMARY.md and the plots from the <name>.json files already in --out",
+        help="run nothing: rebuild <name>.md, SUMMARY.md and the plots from the <name>.json files in --out",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             path = out / f"{n}.json"
             if not path.exists():
                 raise SystemExit(f"--summary-only: {path} does not exist; run the benchmark first")
+            (out / f"{n}.md").write_text(render_markdown(json.loads(path.read_text())))
         else:
             mod = importlib.import_module(f"benchmarks.{n}")
             t0 = time.perf_counter()
