@@ -16,6 +16,11 @@ from typing import Any
 
 PILLARS = ("ode", "pde", "optim")
 COLUMNS = ("pillar", "task", "method", "metric", "value", "steps_or_nfe", "wall_s", "compile_s")
+LEGEND = {
+    "ode": "steps_or_nfe = vector-field evaluations of one prediction solve (fewer is cheaper)",
+    "pde": "steps_or_nfe = training steps (the same budget for both models)",
+    "optim": "steps_or_nfe = steps to reach 1e-4 x the initial loss ('>N': not reached in N steps)",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -26,9 +31,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "steps_or_nfe" and row.get("reached_target") is False:
+        return f">{row[column]}"
+    return _fmt(row.get(column, ""))
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    """Plain-text table of ``rows`` (dicts) with the given ``columns``."""
-    cells = [[c for c in columns]] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    """Plain-text table of ``rows`` (dicts) with the given ``columns``; a row with ``reached_target=False`` shows
+    its ``steps_or_nfe`` as ``>N``."""
+    cells = [[c for c in columns]] + [[_cell(r, c) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for j, row in enumerate(cells):
@@ -93,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_demo(pillars, size=args.size, progress=not args.no_progress, out_dir=args.out)
     print()
     print(format_table(rows))
+    for p in dict.fromkeys(r["pillar"] for r in rows):
+        if p in LEGEND:
+            print(f"  {p}: {LEGEND[p]}")
     print(f"\ntotal wall time {time.perf_counter() - t0:.1f} s")
     if args.out:
         print(f"plots written to {args.out}")
