@@ -133,21 +133,18 @@ def _fno_row(problem_name, prob, model, rec, test, grid_shape, res_shapes):
     return row
 
 
-def run_poisson(cfg, rows):
-    prob = pde.PoissonPeriodic(n=cfg["poisson_n"], length_scale=0.2)
-    test = prob.sample(jax.random.key(123), cfg["test"])
-    eval_shape = (64, 64)
-    ref = jax.vmap(lambda p: prob.reference(p, eval_shape))(test)
-    res = [(f"{m}^2", (m, m)) for m in cfg["res"]]
+def _nsm_and_fno(name, prob, cfg, grids, test, ref, eval_shape, res, rows, fno_kwargs):
+    """Train an NSM for ``cfg["steps"]`` steps, then an FNO + PINN loss per grid for the NSM's training wall time;
+    append one row per model."""
     key = jax.random.key(0)
     nsm = pde.NSM(
         prob.basis, prob.in_channels, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key
     )
     nsm, rec = _train(nsm, lambda m, p: pde.nsm_loss(m, prob, p), lambda k: prob.sample(k, cfg["batch"]), cfg["steps"])
-    rows.append(_nsm_row("poisson_periodic", prob, nsm, rec, test, ref, eval_shape, res))
+    rows.append(_nsm_row(name, prob, nsm, rec, test, ref, eval_shape, res))
     nsm_train_s = rec["train_s"]
-    for g in cfg["poisson_grids"]:
-        fno = pde.FNO(2, 1, 1, width=cfg["width"], depth=cfg["depth"], modes=min(8, g // 4), key=key)
+    for g in grids:
+        fno = pde.FNO(2, 1, 1, width=cfg["width"], depth=cfg["depth"], key=key, **fno_kwargs(g))
         fno, rec = _train_equal_time(
             fno,
             lambda m, p, g=g: pde.fno_loss(m, prob, p, (g, g)),
@@ -155,7 +152,19 @@ def run_poisson(cfg, rows):
             nsm_train_s,
             cfg["fno_max_steps"],
         )
-        rows.append(_fno_row("poisson_periodic", prob, fno, rec, test, (g, g), res))
+        rows.append(_fno_row(name, prob, fno, rec, test, (g, g), res))
+
+
+def run_poisson(cfg, rows):
+    prob = pde.PoissonPeriodic(n=cfg["poisson_n"], length_scale=0.2)
+    test = prob.sample(jax.random.key(123), cfg["test"])
+    eval_shape = (64, 64)
+    ref = jax.vmap(lambda p: prob.reference(p, eval_shape))(test)
+    res = [(f"{m}^2", (m, m)) for m in cfg["res"]]
+    _nsm_and_fno(
+        "poisson_periodic", prob, cfg, cfg["poisson_grids"], test, ref, eval_shape, res, rows,
+        lambda g: dict(modes=min(8, g // 4)),
+    )  # fmt: skip
     solve = jax.jit(lambda p: jax.vmap(lambda q: prob.reference(q, eval_shape))(p))
     rows.append(
         {
@@ -175,32 +184,10 @@ def run_reaction_diffusion(cfg, rows):
     eval_shape = (64, 21)
     ref = jax.vmap(lambda p: prob.reference(p, eval_shape))(test)
     res = [(f"{m}x{m // 2 + 1}", (m, m // 2 + 1)) for m in cfg["res"]]
-    key = jax.random.key(0)
-    nsm = pde.NSM(
-        prob.basis, prob.in_channels, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key
-    )
-    nsm, rec = _train(nsm, lambda m, p: pde.nsm_loss(m, prob, p), lambda k: prob.sample(k, cfg["batch"]), cfg["steps"])
-    rows.append(_nsm_row("reaction_diffusion", prob, nsm, rec, test, ref, eval_shape, res))
-    nsm_train_s = rec["train_s"]
-    for g in c["grids"]:
-        fno = pde.FNO(
-            2,
-            1,
-            1,
-            width=cfg["width"],
-            depth=cfg["depth"],
-            modes=(min(8, g // 4), min(8, g // 4)),
-            pad=(0, g // 8),
-            key=key,
-        )
-        fno, rec = _train_equal_time(
-            fno,
-            lambda m, p, g=g: pde.fno_loss(m, prob, p, (g, g)),
-            lambda k: prob.sample(k, cfg["batch"]),
-            nsm_train_s,
-            cfg["fno_max_steps"],
-        )
-        rows.append(_fno_row("reaction_diffusion", prob, fno, rec, test, (g, g), res))
+    _nsm_and_fno(
+        "reaction_diffusion", prob, cfg, c["grids"], test, ref, eval_shape, res, rows,
+        lambda g: dict(modes=(min(8, g // 4), min(8, g // 4)), pad=(0, g // 8)),  # pad the non-periodic time axis
+    )  # fmt: skip
     solve = jax.jit(lambda p: jax.vmap(lambda q: prob.reference(q, eval_shape))(p))
     rows.append(
         {
