@@ -86,12 +86,34 @@ def _version() -> None:
     print(f"backend {jax.default_backend()} devices {jax.devices()}")
 
 
+def _check_plotting(out_dir: str | None) -> None:
+    """Fail before any training if ``--out`` asks for plots that cannot be drawn."""
+    if out_dir is None:
+        return
+    try:
+        importlib.import_module("matplotlib")
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "jaxsciml demo: --out writes plots and needs matplotlib, which is not installed. "
+            'Install it (pip install matplotlib, or pip install "jaxsciml[notebooks]") or drop --out.'
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from jaxsciml._version import __version__  # not the package: `--version` should not import jax
+
     parser = argparse.ArgumentParser(prog="jaxsciml", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"jaxsciml {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small version of each pillar and print a results table")
     demo.add_argument("--pillar", choices=(*PILLARS, "all"), default="all", help="which pillar to run (default all)")
-    demo.add_argument("--size", choices=("small", "medium"), default="small", help="problem size (default small)")
+    demo.add_argument(
+        "--size",
+        choices=("small", "medium"),
+        default="small",
+        help="problem size: small (default, about 1 minute on 2 CPU cores) or medium (larger models, "
+        "longer training and reaction-diffusion; several minutes on 2 CPU cores)",
+    )
     demo.add_argument("--out", default=None, metavar="DIR", help="also write plots (PNG) into DIR")
     demo.add_argument("--no-progress", action="store_true", help="disable progress bars")
     sub.add_parser("version", help="print versions of jaxsciml and its engine")
@@ -101,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _version()
         return 0
     pillars = PILLARS if args.pillar == "all" else (args.pillar,)
+    _check_plotting(args.out)
     t0 = time.perf_counter()
     rows = run_demo(pillars, size=args.size, progress=not args.no_progress, out_dir=args.out)
     print()

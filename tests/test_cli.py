@@ -56,3 +56,36 @@ def test_console_script_installed():
     assert ep.value == "jaxsciml._cli:main"
     res = subprocess.run([sys.executable, "-m", "jaxsciml", "version"], capture_output=True, text=True, check=True)
     assert res.stdout.startswith("jaxsciml ") and "jax " in res.stdout
+
+
+def test_version_flag(capsys):
+    from jaxsciml import __version__
+
+    with pytest.raises(SystemExit) as e:
+        _cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jaxsciml {__version__}"
+
+
+def test_out_without_matplotlib_fails_before_training(monkeypatch):
+    real_import = importlib.import_module
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib":
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started although plotting is impossible")
+
+    monkeypatch.setattr(_cli.importlib, "import_module", no_matplotlib)
+    monkeypatch.setattr(_cli, "run_demo", must_not_train)
+    with pytest.raises(SystemExit, match="matplotlib"):
+        _cli.main(["demo", "--out", "somewhere", "--no-progress"])
+
+
+def test_help_states_demo_sizes(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "small" in out and "medium" in out and "minute" in out
