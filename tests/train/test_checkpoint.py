@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -197,7 +198,9 @@ def test_save_failing_midway_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated crash"):
         ck.save(2, _scale(model, 2), opt_state, None, {"s": [2]})
     monkeypatch.undo()
-    with Checkpointer(tmp_path) as fresh:
+    with pytest.warns(RuntimeWarning, match=r"removed 1 incomplete checkpoint directory .*\['2\.orbax-checkpoint-tmp"):
+        fresh = Checkpointer(tmp_path)
+    with fresh:
         assert fresh.all_steps() == [1]
         m, _, step, _, h = fresh.restore(model, opt_state)
         assert step == 1 and h == {"s": [1]} and _equal(m, model)
@@ -245,7 +248,11 @@ def test_killed_mid_save_never_restores_invalid(tmp_path):
         if any(".orbax-checkpoint-tmp" in p.name for p in directory.iterdir()):
             break
     like = {"w": jnp.zeros((1024, 1024))}
-    with Checkpointer(directory, max_to_keep=None) as ck:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "removed 1 incomplete checkpoint directory", if any
+        ck = Checkpointer(directory, max_to_keep=None)
+    assert not [p for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]  # leftover removed
+    with ck:
         steps = ck.all_steps()
         assert steps and steps == list(range(1, len(steps) + 1))
         for step in (steps[0], steps[-1]):
