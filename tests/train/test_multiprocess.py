@@ -92,7 +92,13 @@ def _params(model):
 
 def test_two_processes_train_checkpoint_and_resume(tmp_path, devices4):
     t0 = time.monotonic()
-    codes, logs = _launch(tmp_path)
+    for attempt in range(2):
+        workdir = tmp_path / f"attempt{attempt}"
+        workdir.mkdir()
+        codes, logs = _launch(workdir)
+        if codes == [0] * NUM_PROCESSES or "address already in use" not in logs.lower():
+            break  # (retry only if the free port was taken meanwhile)
+    tmp_path = workdir
     assert codes == [0] * NUM_PROCESSES, f"exit codes {codes} after {time.monotonic() - t0:.0f} s\n{logs}"
     out = [np.load(tmp_path / f"process_{i}.npz") for i in range(NUM_PROCESSES)]
     n = len([k for k in out[0].files if k.startswith("a_")])
