@@ -61,10 +61,11 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "data") -> PyTree:
     Single process: `batch` is the global batch. Multi-process (after `jax.distributed.initialize()`): `batch` is
     this process's *local* share, and the global array is assembled with
     `jax.make_array_from_process_local_data` (the leading dimension must then be divisible by the number of local
-    devices on `axis`)."""
+    devices on `axis`). Process `p`'s share becomes the rows held by its devices, in the order of `mesh.devices`
+    (with `data_mesh()`: process 0's rows first); tests/train/test_multiprocess.py runs this with 2 processes."""
     n = _axis_size(mesh, axis)
     sharding = NamedSharding(mesh, PartitionSpec(axis))
-    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+    if jax.process_count() > 1:  # pragma: no cover - runs in the subprocesses of test_multiprocess.py
         n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
         _check_leading(batch, n_local, f"local devices on mesh axis {axis!r}")
         return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -1,12 +1,17 @@
 """Checkpointer: round trips, max_to_keep, validated restores, atomicity, bit-identical resume of fit."""
 
+import json
 import os
 import pathlib
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -140,25 +145,38 @@ def test_refuses_to_save_nonfinite_and_closed(tmp_path):
         ck.save(2, model, opt_state)
 
 
-def test_unfinalized_step_directories_are_ignored(tmp_path):
-    """Simulated crashes: an orbax tmp dir and a step dir without the commit marker are never restored."""
+def test_leftovers_removed_at_start(tmp_path, caplog):
+    """Leftovers of an interrupted save (an orbax tmp dir, a step dir without the commit marker) and of a deletion
+    killed midway (orbax removes an old step file by file) are removed at start, with one warning; orbax then never
+    logs "Metadata file does not exist" for them."""
     model, opt_state = _state()
-    with Checkpointer(tmp_path) as ck:
-        ck.save(5, model, opt_state, None, {"s": [5]})
-    # (a) a crash before the atomic rename leaves `<step>.orbax-checkpoint-tmp-<t>`
+    with Checkpointer(tmp_path, max_to_keep=None) as ck:
+        for step in (3, 5):
+            ck.save(step, _scale(model, step), opt_state, None, {"s": [step]})
+    # (a) a crash before the atomic rename leaves `<step>.orbax-checkpoint-tmp*`
     tmp = tmp_path / "9.orbax-checkpoint-tmp-1234567"
     (tmp / "state").mkdir(parents=True)
     (tmp / "state" / "junk").write_bytes(b"\x00" * 10)
     # (b) a step directory that was never committed (e.g. a partial copy): no commit_success.txt
     (tmp_path / "12" / "state").mkdir(parents=True)
     (tmp_path / "12" / "state" / "junk").write_bytes(b"\x00" * 10)
-    with Checkpointer(tmp_path) as ck:
+    # (c) the deletion of old step 3 killed midway: its metadata files are gone, part of its arrays remain
+    for name in ("_CHECKPOINT_METADATA", "meta"):
+        path = tmp_path / "3" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    caplog.set_level("WARNING")
+    with pytest.warns(RuntimeWarning, match=r"removed 3 incomplete checkpoint directories.*\['12', '3', '9\.orbax"):
+        ck = Checkpointer(tmp_path)
+    with ck:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["5"]
         assert ck.all_steps() == [5] and ck.latest_step() == 5
         m, _, step, _, h = ck.restore(model, opt_state)
-        assert step == 5 and h == {"s": [5]} and _equal(m, model)
+        assert step == 5 and h == {"s": [5]} and _equal(m, _scale(model, 5))
         with pytest.raises(ValueError, match="`step` 12 has no finalised checkpoint"):
             ck.restore(model, opt_state, step=12)
-        # a later save of that step replaces the leftover directory
+        assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+        # a leftover appearing while the Checkpointer is open is replaced by a later save of that step
+        (tmp_path / "12" / "state").mkdir(parents=True)
         with pytest.warns(RuntimeWarning, match="replacing the unfinalised checkpoint directory of step 12"):
             ck.save(12, _scale(model, 2), opt_state, None, {"s": [12]})
         m, _, step, _, h = ck.restore(model, opt_state)
@@ -180,7 +198,9 @@ def test_save_failing_midway_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated crash"):
         ck.save(2, _scale(model, 2), opt_state, None, {"s": [2]})
     monkeypatch.undo()
-    with Checkpointer(tmp_path) as fresh:
+    with pytest.warns(RuntimeWarning, match=r"removed 1 incomplete checkpoint directory .*\['2\.orbax-checkpoint-tmp"):
+        fresh = Checkpointer(tmp_path)
+    with fresh:
         assert fresh.all_steps() == [1]
         m, _, step, _, h = fresh.restore(model, opt_state)
         assert step == 1 and h == {"s": [1]} and _equal(m, model)
@@ -228,7 +248,11 @@ def test_killed_mid_save_never_restores_invalid(tmp_path):
         if any(".orbax-checkpoint-tmp" in p.name for p in directory.iterdir()):
             break
     like = {"w": jnp.zeros((1024, 1024))}
-    with Checkpointer(directory, max_to_keep=None) as ck:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "removed 1 incomplete checkpoint directory", if any
+        ck = Checkpointer(directory, max_to_keep=None)
+    assert not [p for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]  # leftover removed
+    with ck:
         steps = ck.all_steps()
         assert steps and steps == list(range(1, len(steps) + 1))
         for step in (steps[0], steps[-1]):
@@ -269,3 +293,215 @@ def test_resume_is_bit_identical(tmp_path, data_kind):
     assert resumed.history["loss"] == full.history["loss"]
     assert resumed.history["step"] == list(range(20))
     assert resumed.history["max_err"] == full.history["max_err"]
+
+
+# ---------------------------------------------------------------------------------------------------- integrity
+def _random_state():
+    """Leaves with incompressible values (so that the bytes in the data files are the values themselves)."""
+    model = {"w": jax.random.normal(jax.random.key(0), (96, 96)), "b": jnp.arange(16.0)}
+    opt_state = {"mu": jax.random.normal(jax.random.key(1), (64, 48)), "count": jnp.array(7, jnp.int32)}
+    like = jax.tree_util.tree_map(jnp.zeros_like, (model, opt_state))
+    return model, opt_state, like
+
+
+def _data_files(step_dir):
+    """The array data files of a checkpoint (OCDBT data under `state/**/d/`), largest first."""
+    files = [p for p in (step_dir / "state").glob("**/d/*") if p.is_file()]
+    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
+def _flip_bit(path, offset, bit):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_bit_flips_in_array_data_are_detected(tmp_path):
+    """Single-bit flips at random offsets of the array data files: every one is caught on restore (a ValueError
+    naming the step; a digest mismatch also names the leaf) -- none restores silently changed values.
+
+    Each trial flips one bit in a fresh copy of the checkpoint (a fresh path, so no cached read hides the flip)."""
+    model, opt_state, (like_m, like_o) = _random_state()
+    key = jax.random.key(3)
+    with Checkpointer(tmp_path / "pristine") as ck:
+        ck.save(4, model, opt_state, key, {"loss": [1.0]})
+    rng = random.Random(1234)
+    outcomes = []
+    for trial in range(16):
+        directory = tmp_path / f"trial{trial}"
+        shutil.copytree(tmp_path / "pristine", directory)
+        files = _data_files(directory / "4")
+        path = rng.choices(files, weights=[p.stat().st_size for p in files])[0]
+        _flip_bit(path, rng.randrange(path.stat().st_size), rng.randrange(8))
+        with Checkpointer(directory) as ck:
+            with pytest.raises(ValueError, match=r"checkpoint at step 4 \(.*trial\d+/4'\)") as info:
+                ck.restore(like_m, like_o, step=4)
+            # without an explicit step there is nothing older to fall back to
+            with pytest.raises(ValueError, match="no checkpoint in .* verifies: step 4: checkpoint at step 4"):
+                ck.restore(like_m, like_o)
+        outcomes.append(str(info.value))
+    digest = [o for o in outcomes if "does not match the sha256 digest" in o]
+    assert len(digest) >= len(outcomes) // 2  # most flips land in the values, caught by the digest
+    assert all(re.search(r"leaf `(model|opt_state)\['\w+'\]`", o) for o in digest)
+    # the untouched copy still restores exactly
+    with Checkpointer(tmp_path / "pristine") as ck:
+        m, s, step, k, _ = ck.restore(like_m, like_o)
+    assert step == 4 and _equal(m, model) and _equal(s, opt_state)
+    assert np.array_equal(jax.random.key_data(k), jax.random.key_data(key))
+
+
+def _edit_meta(step_dir, **changes):
+    path = step_dir / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+def test_step_metadata_checked_against_directory(tmp_path):
+    model, opt_state = _state()
+    with Checkpointer(tmp_path) as ck:
+        ck.save(10, _scale(model, 1), opt_state, None, {"s": [10]})
+        ck.save(20, _scale(model, 2), opt_state, None, {"s": [20]})
+    _edit_meta(tmp_path / "20", step=21)
+    with Checkpointer(tmp_path) as ck:
+        with pytest.raises(ValueError, match=r"step 20 .*metadata says step 21 but it is stored as step 20"):
+            ck.restore(model, opt_state, step=20)
+        with pytest.warns(
+            RuntimeWarning, match=r"skipped 1 corrupt checkpoint.*restored step 10.*step 20: .*says step 21"
+        ):
+            m, _, step, _, h = ck.restore(model, opt_state)
+        assert step == 10 and h == {"s": [10]} and _equal(m, model)
+        assert ck.all_steps() == [10] and (tmp_path / "20.corrupt").is_dir()  # moved aside, kept for inspection
+
+
+def _corrupt(step_dir, how):
+    if how == "bad_json":
+        path = step_dir / "meta" / "metadata"
+        path.write_text(path.read_text()[:-7])
+    elif how == "truncated_data":
+        path = _data_files(step_dir)[0]
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "bit_flip":
+        _flip_bit(_data_files(step_dir)[0], 700, 6)
+    else:
+        raise AssertionError(how)
+
+
+# orbax may report a failed read's leftover callbacks ("Event loop is closed") at garbage collection: noise.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("how", ["bad_json", "truncated_data", "bit_flip"])
+def test_corrupt_newest_falls_back(tmp_path, how):
+    """A corrupt newest checkpoint: an explicit restore names step and path; `restore()` and therefore `fit` fall back
+    to the newest one that verifies, say what was skipped, and the resumed run equals an uninterrupted one."""
+    data = make_batch_from_key
+    full = fit(make_model(), mse_aux, ADAM, data, 10, has_aux=True, key=jax.random.key(11), progress=False)
+    with Checkpointer(tmp_path, max_to_keep=None) as ck:
+        first = fit(make_model(), mse_aux, ADAM, data, 10, **_fit_kwargs(ck))
+        assert first.step == 10 and ck.all_steps() == [5, 10]
+    _corrupt(tmp_path / "10", how)
+    model, opt_state = _state()
+    with Checkpointer(tmp_path, max_to_keep=None) as ck:
+        with pytest.raises(ValueError, match=rf"checkpoint at step 10 \('{tmp_path}/10'\)") as info:
+            ck.restore(model, opt_state, step=10)
+        assert not isinstance(info.value, json.JSONDecodeError)
+        with pytest.warns(RuntimeWarning, match=r"skipped 1 corrupt checkpoint.*restored step 5 instead: step 10: "):
+            resumed = fit(make_model(seed=99), mse_aux, ADAM, data, 10, **_fit_kwargs(ck))
+        assert ck.all_steps() == [5, 10]  # step 10 written again by the resumed run
+    assert (tmp_path / "10.corrupt").is_dir()
+    assert resumed.step == 10 and _equal(resumed.model, full.model) and _equal(resumed.opt_state, full.opt_state)
+    assert resumed.history["loss"] == full.history["loss"]
+
+
+_READ_ONLY_SCRIPT = textwrap.dedent(
+    """
+    import os, pathlib, subprocess, sys
+    import jax.numpy as jnp
+    from jaxsciml.train import Checkpointer
+
+    def make_read_only(path):
+        if sys.argv[2] == "chattr":  # as root: the immutable attribute stops root's writes too
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+        else:
+            os.chmod(path, 0o555)
+
+    root = pathlib.Path(sys.argv[1])
+    read_only = root / "read_only"
+    read_only.mkdir()
+    make_read_only(read_only)
+    try:
+        Checkpointer(read_only)
+        print("CREATED", flush=True)
+    except PermissionError as e:
+        print("CREATE_ERR", e, flush=True)
+    later = root / "later"
+    ck = Checkpointer(later)
+    ck.save(1, {"w": jnp.ones(4)}, None)
+    make_read_only(later)  # the directory becomes read-only while training
+    try:
+        ck.save(2, {"w": jnp.ones(4)}, None, wait=False)
+        print("SAVED", flush=True)
+    except PermissionError as e:
+        print("SAVE_ERR", e, flush=True)
+    ck._check_writable = lambda: None  # skip our check: orbax's own directory creation fails in the background
+    try:
+        ck.save(3, {"w": jnp.ones(4)}, None, wait=False)
+        ck.wait()
+        print("SAVED", flush=True)
+    except OSError as e:
+        print("ORBAX_ERR", type(e).__name__, e, flush=True)
+    ck.close()
+    print("END", flush=True)
+    """
+)
+
+
+def test_read_only_directory_fails_at_once_and_exits_promptly(tmp_path):
+    """A read-only checkpoint directory is refused when the Checkpointer is created; one that turns read-only is
+    refused before a save starts; and when orbax's own background save fails, the process still exits within seconds
+    (orbax's writer threads used to wait 300 s for the step directory at interpreter exit).
+
+    As root, permissions do not stop writes: the directories are then made immutable (`chattr +i`) instead."""
+    how = "chmod"
+    if os.geteuid() == 0:
+        probe = tmp_path / "probe"
+        probe.mkdir()
+        if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
+            pytest.skip("running as root and `chattr +i` is unavailable: cannot make a directory read-only")
+        subprocess.run(["chattr", "-i", str(probe)], check=True)
+        how = "chattr"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _READ_ONLY_SCRIPT, str(tmp_path), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.startswith("END"):
+                break
+        end = time.monotonic()
+        proc.wait(timeout=120)
+        exit_s = time.monotonic() - end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for name in ("read_only", "later"):
+            if how == "chattr" and (tmp_path / name).exists():
+                subprocess.run(["chattr", "-i", str(tmp_path / name)], check=True)
+            elif (tmp_path / name).exists():
+                os.chmod(tmp_path / name, 0o755)
+    assert proc.returncode == 0, lines
+    denied = "(Permission denied|Operation not permitted)"
+    assert len(lines) == 4, lines
+    assert re.fullmatch(
+        rf"CREATE_ERR the checkpoint `directory` '{tmp_path}/read_only' is not writable: {denied}", lines[0]
+    )
+    assert re.fullmatch(rf"SAVE_ERR the checkpoint `directory` '{tmp_path}/later' is not writable: {denied}", lines[1])
+    assert lines[2].startswith("ORBAX_ERR PermissionError") and lines[3] == "END"
+    assert exit_s < 30, f"the process took {exit_s:.0f} s to exit after a failed save"
