@@ -319,10 +319,9 @@ def _chunk_plan(
 ) -> tuple[str, Callable[[Any], Any] | None, Any] | None:
     """How ``fit`` can run several steps per call: ``(data_mode, data_fn, stacked)``, or ``None`` for the per-step
     loop (Python iterators, a custom ``train_step``, ``steps_per_call=1``, or a ``data`` callable that does not
-    trace). Raises if ``steps_per_call > 1`` was asked for but is impossible."""
+    trace). Raises if ``steps_per_call > 1`` was asked for but is impossible; warns about a callable that does not
+    trace only when ``steps_per_call`` is automatic (``None``)."""
     asked = steps_per_call is not None and steps_per_call > 1
-    if steps_per_call == 1:
-        return None
 
     def refuse(why: str) -> None:
         if asked:
@@ -342,23 +341,25 @@ def _chunk_plan(
             closed = jax.make_jaxpr(data)(arg)
         except Exception as e:  # noqa: BLE001 -- any failure to trace means: call it from Python
             refuse(f"`data` could not be traced ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-            warnings.warn(
-                f"`data` could not be traced with a traced `{mode}` ({type(e).__name__}), so it cannot run inside "
-                "a compiled multi-step loop: falling back to one step per device call (slower for small models). "
-                f"Make `data({mode})` a pure, jittable function of its argument to get several steps per call",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if steps_per_call is None:
+                warnings.warn(
+                    f"`data` could not be traced with a traced `{mode}` ({type(e).__name__}), so it cannot run inside "
+                    "a compiled multi-step loop: falling back to one step per device call (slower for small models). "
+                    f"Make `data({mode})` a pure, jittable function of its argument to get several steps per call",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return None
         if not _depends_on_input(closed):
             refuse(f"`data({mode})` does not depend on its argument (it would be traced once into a constant)")
-            warnings.warn(
-                f"`data({mode})` does not depend on `{mode}`: it is either a fixed batch or has side effects that "
-                "tracing would freeze into a constant, so fit calls it once per step from Python (one step per "
-                "device call). For a fixed batch pass `data=[batch]`, which runs several steps per call",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if steps_per_call is None:
+                warnings.warn(
+                    f"`data({mode})` does not depend on `{mode}`: it is either a fixed batch or has side effects that "
+                    "tracing would freeze into a constant, so fit calls it once per step from Python (one step per "
+                    "device call). For a fixed batch pass `data=[batch]`, which runs several steps per call",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return None
         return mode, data, None
     stacked = _stack_batches(data)
@@ -406,12 +407,13 @@ def fit(
     **Several steps per device call.** Small models take microseconds per step, so a Python loop with a host sync
     per step would dominate. When `data` is a jittable callable (or a list/tuple of same-shape array batches), `fit`
     runs up to `steps_per_call` steps inside one compiled `lax.while_loop` per device call, and records the loss (and
-    scalar aux) of every step from per-step buffers. The result is bit-identical whatever the number of steps per
-    call. Calls end exactly at evaluation and checkpoint steps, so those intervals are honoured; the progress bar,
-    history, `max_time_s` and warnings are handled between calls. A Python iterator, a custom `train_step`, or a
-    callable that cannot be traced (it uses Python control flow on its argument, or has side effects -- detected
-    as an output that does not depend on the argument) falls back to one step per call, with a warning for a
-    callable.
+    scalar aux) of every step from per-step buffers. One compiled program serves every number of steps per call, so
+    the result is bit-identical whatever `steps_per_call` (and across resumes). Calls end exactly at evaluation and
+    checkpoint steps, so those intervals are honoured; the progress bar, history, `max_time_s` and warnings are
+    handled between calls. A Python iterator, a custom `train_step`, or a callable that cannot be traced (it uses
+    Python control flow on its argument, or has side effects -- detected as an output that does not depend on the
+    argument) falls back to one step per call (with a warning for a callable, unless `steps_per_call=1`); that
+    separately compiled step may differ from the multi-step program in the last bits for some models.
 
     **Data.** `data` is either
 
@@ -515,7 +517,9 @@ def fit(
             train_step = _cached_train_step(loss_fn, optimizer, has_aux, nonfinite)
     else:
         data_mode, data_fn, stacked = plan
-        capacity = steps_per_call or _AUTO_CAPACITY
+        # One compiled program (buffers of `capacity` steps, the count per call dynamic) serves every
+        # steps_per_call <= _AUTO_CAPACITY, so results are bit-identical whatever the steps per call.
+        capacity = max(steps_per_call or 0, _AUTO_CAPACITY)
         chunk = _cached_chunk(loss_fn, optimizer, has_aux, nonfinite, data_fn, data_mode, capacity)
         auto_n = min(capacity, _AUTO_FIRST)
 
