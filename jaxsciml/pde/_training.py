@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+from ..train import fit
 from ._problem import AbstractProblem
+
+ModelT = TypeVar("ModelT")
 
 __all__ = [
     "nsm_loss",
@@ -60,8 +61,8 @@ def default_optimizer(steps: int, lr: float = 1e-3, final_factor: float = 0.1) -
 
 
 def train_operator(
-    model: eqx.Module,
-    loss_fn: Callable[[eqx.Module, Array], Array],
+    model: ModelT,
+    loss_fn: Callable[[ModelT, Array], Array],
     sample_fn: Callable[[PRNGKeyArray], Array],
     steps: int,
     key: PRNGKeyArray,
@@ -69,65 +70,44 @@ def train_operator(
     progress: bool = False,
     desc: str = "train",
     max_time_s: float | None = None,
-) -> tuple[eqx.Module, dict[str, Any]]:
+    steps_per_call: int | None = None,
+) -> tuple[ModelT, dict[str, Any]]:
     """Train ``model`` to minimise ``loss_fn(model, params)`` on fresh parameter batches ``sample_fn(key)``.
 
-    Returns the trained model and a record with the loss history, ``wall_s`` (total, including compilation),
-    ``compile_s`` (first step minus a typical step), ``step_s`` (median step time after compilation), ``train_s``
-    (``wall_s - compile_s``) and ``steps`` (taken). ``max_time_s`` stops early once the training time (excluding
-    compilation) reaches it (the learning-rate schedule still spans ``steps``). Non-finite losses raise
-    ``FloatingPointError``.
+    A thin call of [`jaxsciml.train.fit`][] (``data=sample_fn`` called with ``key, sub = split(key)`` each step,
+    ``nonfinite="raise"``, several steps per device call): use ``fit`` directly for checkpoints, evaluation or
+    skipping non-finite steps. ``optimizer`` defaults to [`default_optimizer`][jaxsciml.pde.default_optimizer]
+    ``(steps)``.
+
+    Returns the trained model and a record with the per-step ``loss`` list, ``wall_s`` (total, including
+    compilation), ``compile_s`` (tracing and compilation), ``step_s`` (median step time, compilation excluded),
+    ``train_s`` (``wall_s - compile_s``) and ``steps`` (taken). ``max_time_s`` stops early once the training time
+    (excluding compilation) reaches it (the learning-rate schedule still spans ``steps``). A non-finite loss, gradient
+    or update raises ``FloatingPointError`` naming the step.
     """
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
     optimizer = default_optimizer(steps) if optimizer is None else optimizer
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, key):
-        batch = sample_fn(key)
-
-        def f(p):
-            return loss_fn(eqx.combine(p, static), batch)
-
-        loss, grads = jax.value_and_grad(f)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    it = range(steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(it, desc=desc, leave=False)
-        it = bar
-    losses, times = [], []
-    t_start = time.perf_counter()
-    compile_s = 0.0
-    for i in it:
-        key, sub = jax.random.split(key)
-        t0 = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state, sub)
-        loss = float(loss)
-        times.append(time.perf_counter() - t0)
-        if not jnp.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss} at step {i}")
-        losses.append(loss)
-        if bar is not None and i % 20 == 0:
-            bar.set_postfix(loss=f"{loss:.3e}")
-        if i == 1:
-            compile_s = max(times[0] - times[1], 0.0)
-        if max_time_s is not None and time.perf_counter() - t_start - compile_s >= max_time_s:
-            break
-    wall = time.perf_counter() - t_start
-    typical = sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else times[0]
+    res = fit(
+        model,
+        loss_fn,
+        optimizer,
+        sample_fn,
+        steps,
+        key=key,
+        data_arg="key",
+        nonfinite="raise",
+        progress=progress,
+        desc=desc,
+        max_time_s=max_time_s,
+        steps_per_call=steps_per_call,
+    )
     record = {
-        "loss": losses,
-        "wall_s": wall,
-        "compile_s": max(times[0] - typical, 0.0),
-        "step_s": typical,
-        "train_s": wall - max(times[0] - typical, 0.0),
-        "steps": len(losses),
+        "loss": res.history["loss"],
+        "wall_s": res.wall_s,
+        "compile_s": res.compile_s,
+        "step_s": res.step_s,
+        "train_s": res.wall_s - res.compile_s,
+        "steps": res.step,
     }
-    return eqx.combine(params, static), record
+    return res.model, record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Any
 
@@ -20,18 +21,35 @@ def check_loss_fn(loss_fn: Any) -> None:
 
 
 def check_optimizer(optimizer: Any) -> None:
-    # GradientTransformationExtraArgs subclasses GradientTransformation.
-    ok = isinstance(optimizer, optax.GradientTransformation) and callable(getattr(optimizer, "init", None))
+    # An optax GradientTransformation (GradientTransformationExtraArgs subclasses it) or any object with the same
+    # init/update pair, e.g. optax.MultiSteps (a class with init/update methods, not a GradientTransformation).
+    if isinstance(optimizer, type):
+        ok = False
+    elif isinstance(optimizer, optax.GradientTransformation):
+        ok = callable(optimizer.init) and callable(optimizer.update)
+    else:
+        ok = callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     if not ok:
         raise TypeError(
             "`optimizer` must be an optax GradientTransformation (an `init`/`update` pair such as "
-            f"`optax.adam(1e-3)`), got {type(optimizer).__name__}: {optimizer!r}"
+            f"`optax.adam(1e-3)` or `optax.MultiSteps(...)`), got {type(optimizer).__name__}: {optimizer!r}"
         )
 
 
 def check_nonfinite(nonfinite: Any, allowed: tuple[str, ...] = _NONFINITE_STEP) -> None:
     if nonfinite not in allowed:
         raise ValueError(f"`nonfinite` must be one of {allowed}, got {nonfinite!r}")
+
+
+def check_max_time(value: Any) -> float | None:
+    """``None`` or a positive number of seconds (``inf`` allowed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`max_time_s` must be a positive number of seconds or None, got {type(value).__name__}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"`max_time_s` must be > 0 (seconds of training time) or None, got {value!r}")
+    return float(value)
 
 
 def check_count(value: Any, name: str, *, minimum: int) -> int:

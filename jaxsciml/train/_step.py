@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, PyTree, Scalar
 
 from ._checks import check_has_aux_output, check_loss_fn, check_nonfinite, check_optimizer
 
+NonFiniteStep = Literal["skip", "raise", "ignore"]
 TrainStep = Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree, Scalar, Any, Bool[Array, ""]]]
 
 
@@ -22,6 +23,26 @@ def all_finite(tree: PyTree) -> Bool[Array, ""]:
     ok = jnp.array(True)
     for leaf in leaves:
         ok = ok & jnp.all(jnp.isfinite(leaf))
+    return ok
+
+
+def stays_finite(old: PyTree, new: PyTree) -> Bool[Array, ""]:
+    """``True`` iff no entry of an inexact array leaf goes from finite in ``old`` to NaN/inf in ``new``.
+
+    Entries already non-finite in ``old`` are allowed to stay so (e.g. ``optax.contrib.reduce_on_plateau`` starts its
+    best value at ``inf``). If the two trees differ in structure, every inexact leaf of ``new`` must be finite.
+    """
+    lo, ln = jax.tree_util.tree_leaves(old), jax.tree_util.tree_leaves(new)
+    if len(lo) != len(ln):
+        return all_finite(new)
+    ok = jnp.array(True)
+    for a, b in zip(lo, ln):
+        if not eqx.is_inexact_array(b):
+            continue
+        if eqx.is_inexact_array(a) and a.shape == b.shape:
+            ok = ok & jnp.all(jnp.isfinite(b) | ~jnp.isfinite(a))
+        else:
+            ok = ok & jnp.all(jnp.isfinite(b))
     return ok
 
 
@@ -41,7 +62,7 @@ def step_body(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     has_aux: bool,
-    nonfinite: str,
+    nonfinite: NonFiniteStep,
     model: PyTree,
     opt_state: PyTree,
     batch: PyTree,
@@ -62,13 +83,20 @@ def step_body(
         grads = reduce(grads)
         aux_dyn, aux_static = eqx.partition(aux, eqx.is_inexact_array)
         aux = eqx.combine(reduce(aux_dyn), aux_static)
-    ok = jnp.isfinite(loss) & all_finite(grads)
     params = eqx.filter(model, eqx.is_inexact_array)
     if isinstance(optimizer, optax.GradientTransformationExtraArgs):
         updates, new_opt_state = optimizer.update(grads, opt_state, params, value=loss)
     else:
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_model = eqx.apply_updates(model, updates)
+    # One fused check: the loss, the gradients, and every entry of the new parameters and optimiser state that was
+    # finite before (a finite but huge gradient can overflow Adam's or Shampoo's second-moment statistics).
+    ok = (
+        jnp.isfinite(loss)
+        & all_finite(grads)
+        & stays_finite(params, eqx.filter(new_model, eqx.is_inexact_array))
+        & stays_finite(opt_state, new_opt_state)
+    )
     if nonfinite != "ignore":
         new_model = select_tree(ok, new_model, model)
         new_opt_state = select_tree(ok, new_opt_state, opt_state)
@@ -80,7 +108,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     has_aux: bool = False,
-    nonfinite: str = "skip",
+    nonfinite: NonFiniteStep = "skip",
 ) -> TrainStep:
     """Build a pure, ``eqx.filter_jit``-compiled optimisation step.
 
@@ -89,10 +117,13 @@ def make_train_step(
     - `loss_fn`: `loss_fn(model, batch) -> loss` (a scalar array), or `-> (loss, aux)` if `has_aux`. Gradients are
       taken with `eqx.filter_value_and_grad`, i.e. with respect to every inexact-array leaf of `model`.
     - `optimizer`: an optax `GradientTransformation` (or `GradientTransformationExtraArgs`, which additionally
-      receives `value=loss`). Its state is `optimizer.init(eqx.filter(model, eqx.is_inexact_array))`.
+      receives `value=loss`), or any object with the same `init`/`update` pair such as `optax.MultiSteps`. Its
+      state is `optimizer.init(eqx.filter(model, eqx.is_inexact_array))`.
     - `has_aux`: whether `loss_fn` returns `(loss, aux)`.
-    - `nonfinite`: `"skip"` (default) or `"raise"`: if the loss or any gradient leaf is NaN/inf, the returned
-      model and optimiser state are the *inputs*, unchanged (a branch-free `jnp.where` select), and `ok` is False.
+    - `nonfinite`: `"skip"` (default) or `"raise"`: if the loss or any gradient leaf is NaN/inf, or the update
+      would make an entry of the parameters or of the optimiser state NaN/inf that was finite before (e.g. a finite
+      but huge gradient overflowing Adam's second moment), the returned model and optimiser state are the *inputs*,
+      unchanged (a branch-free `jnp.where` select), and `ok` is False.
       The step itself cannot raise from inside `jit`; `"raise"` behaves like `"skip"` here and the caller (e.g.
       [`fit`][jaxsciml.train.fit]) raises on `ok == False`. `"ignore"` applies the update regardless (`ok` is
       still computed).

@@ -56,6 +56,47 @@ def test_unknown_nonfinite():
         make_train_step(mse, ADAM, nonfinite=None)
 
 
+@pytest.mark.parametrize("k", [0, -3])
+def test_steps_per_call_below_one(k):
+    with pytest.raises(ValueError, match="`steps_per_call` must be >= 1"):
+        fit(make_model(), mse, ADAM, make_batch, 3, steps_per_call=k, progress=False)
+
+
+@pytest.mark.parametrize("k", [2.0, "4", True])
+def test_steps_per_call_not_an_integer(k):
+    with pytest.raises(TypeError, match="`steps_per_call` must be an integer"):
+        fit(make_model(), mse, ADAM, make_batch, 3, steps_per_call=k, progress=False)
+
+
+def test_chunking_asked_for_data_that_cannot_be_chunked():
+    """steps_per_call > 1 with a data callable that does not trace, a generator or a custom train_step: a clear
+    error naming `steps_per_call`, `data` and the fallback (steps_per_call=None)."""
+    batches = [make_batch(i) for i in range(3)]
+    cases = [
+        (lambda s: batches[s % 3], "`data` could not be traced"),  # list indexed by a traced step
+        ((b for b in batches), "`data` is a generator"),
+        (lambda s: batches[0], r"does not depend on its argument"),
+    ]
+    for data, why in cases:
+        with pytest.raises(ValueError, match=rf"`steps_per_call=4` needs `data` .*{why}.*`steps_per_call=None`"):
+            fit(make_model(), mse, ADAM, data, 3, steps_per_call=4, progress=False)
+    with pytest.raises(ValueError, match="custom `train_step`"):
+        fit(make_model(), mse, ADAM, make_batch, 3, steps_per_call=4, train_step=make_train_step(mse, ADAM),
+            progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan")])
+def test_max_time_s_not_positive(t):
+    with pytest.raises(ValueError, match="`max_time_s` must be > 0"):
+        fit(make_model(), mse, ADAM, make_batch, 3, max_time_s=t, progress=False)
+
+
+@pytest.mark.parametrize("t", ["1", True, [1.0]])
+def test_max_time_s_not_a_number(t):
+    with pytest.raises(TypeError, match="`max_time_s` must be a positive number"):
+        fit(make_model(), mse, ADAM, make_batch, 3, max_time_s=t, progress=False)
+
+
 def test_checkpoint_directory_is_a_file(tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("not a directory")

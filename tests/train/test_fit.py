@@ -11,7 +11,7 @@ import pytest
 
 from jaxsciml.train import FitResult, fit, make_train_step
 
-from ._util import ADAM, make_batch, make_batch_from_key, make_model, mse, mse_aux
+from ._util import ADAM, make_batch, make_batch_from_key, make_model, mse, mse_aux, params_of
 
 
 def _equal(a, b):
@@ -142,3 +142,86 @@ def test_fit_with_plain_pytree_model():
     # noise-free data: the minimiser is exact; Adam reaches it to ~1e-3 in 600 steps.
     np.testing.assert_allclose(res.model["w"], w_true, atol=2e-3)
     np.testing.assert_allclose(res.model["b"], 0.3, atol=2e-3)
+
+
+def test_steps_per_call_is_bit_identical():
+    """K steps per device call vs one step per call: bit-identical parameters, optimiser state, key and per-step
+    history, for K dividing the run or not, and for the automatic size. (Equality with the separately compiled
+    per-step fallback is checked for this model in test_fit_equals_manual_step_loop.)"""
+    kw = dict(has_aux=True, key=jax.random.key(5), progress=False)
+    one = fit(make_model(), mse_aux, ADAM, make_batch_from_key, 11, steps_per_call=1, **kw)
+    for k in (4, None):
+        res = fit(make_model(), mse_aux, ADAM, make_batch_from_key, 11, steps_per_call=k, **kw)
+        assert _equal(res.model, one.model) and _equal(res.opt_state, one.opt_state), k
+        assert np.array_equal(jax.random.key_data(res.key), jax.random.key_data(one.key))
+        for name in ("step", "loss", "max_err"):
+            assert res.history[name] == one.history[name], (k, name)
+    # timing fields: compile time reported apart from the median step time
+    assert one.wall_s > 0 and one.compile_s >= 0 and one.step_s > 0
+    assert len(res.history["time"]) == 11 and all(t >= 0 for t in res.history["time"])
+
+
+def test_resume_with_steps_per_call_not_dividing_checkpoint_interval(tmp_path):
+    """Chunks end exactly at checkpoint steps (K=3, checkpoint_every=5), and a run resumed from a checkpoint with a
+    different K (4) finishes bit-identically to an uninterrupted one-step-per-call run."""
+    from jaxsciml.train import Checkpointer
+
+    full = fit(
+        make_model(), mse, ADAM, make_batch_from_key, 13, key=jax.random.key(2), steps_per_call=1, progress=False
+    )
+    with Checkpointer(tmp_path, max_to_keep=10) as ck:
+        part = fit(make_model(), mse, ADAM, make_batch_from_key, 8, key=jax.random.key(2), checkpointer=ck,
+                   checkpoint_every=5, steps_per_call=3, progress=False)  # fmt: skip
+        assert ck.all_steps() == [5, 8] and part.step == 8
+    with Checkpointer(tmp_path, max_to_keep=10) as ck:  # a fresh handle, as after a crash
+        rest = fit(make_model(1), mse, ADAM, make_batch_from_key, 13, key=jax.random.key(9), checkpointer=ck,
+                   checkpoint_every=5, steps_per_call=4, progress=False)  # fmt: skip
+        assert ck.all_steps() == [5, 8, 10, 13]
+        _, _, s10, _, h10 = ck.restore(make_model(1), full.opt_state, step=10)
+    assert rest.step == 13
+    assert _equal(rest.model, full.model) and _equal(rest.opt_state, full.opt_state)
+    assert np.array_equal(jax.random.key_data(rest.key), jax.random.key_data(full.key))
+    assert rest.history["loss"] == full.history["loss"] and rest.history["step"] == list(range(13))
+    assert s10 == 10 and h10["loss"] == full.history["loss"][:10]
+
+
+def test_multisteps_optimizer_accepted():
+    """optax.MultiSteps (init/update, not a GradientTransformation) accumulates 2 mini-steps per update."""
+    opt = optax.MultiSteps(optax.adam(1e-2), every_k_schedule=2)
+    one = fit(make_model(), mse, opt, make_batch, 1, progress=False)
+    two = fit(make_model(), mse, opt, make_batch, 2, progress=False)
+    assert _equal(one.model, make_model())  # first mini-step only accumulates
+    # two mini-steps = one Adam step on the mean gradient of batches 0 and 1
+
+    @eqx.filter_jit
+    def reference(model):
+        g = [eqx.filter_grad(mse)(model, make_batch(i)) for i in range(2)]
+        mean_g = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *g)
+        adam = optax.adam(1e-2)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, _ = adam.update(mean_g, adam.init(params), params)
+        return eqx.apply_updates(model, updates)
+
+    ref = reference(make_model())
+    for a, b in zip(params_of(two.model), params_of(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # float32; summation order of the mean differs
+
+
+def test_max_time_s_stops_early_and_still_finishes_cleanly():
+    val = make_batch(10_000, 64)
+    res = fit(make_model(), mse, ADAM, make_batch, 10**7, max_time_s=0.3, eval_fn=lambda m: mse(m, val),
+              progress=False)  # fmt: skip
+    assert 0 < res.step < 10**7 and len(res.history["loss"]) == res.step
+    assert res.history["eval_step"] == [res.step]  # the final evaluation still happens
+    # training time (wall minus compile) stops near the budget; generous bound for a loaded CI machine
+    assert res.wall_s - res.compile_s < 0.3 + 5.0
+
+
+def test_untraceable_data_falls_back_with_a_warning():
+    batches = [make_batch(i) for i in range(3)]
+    with pytest.warns(RuntimeWarning, match="`data` could not be traced.*falling back to one step per device call"):
+        res = fit(make_model(), mse, ADAM, lambda s: batches[s % 3], 4, progress=False)
+    assert res.step == 4
+    with pytest.warns(RuntimeWarning, match=r"`data\(step\)` does not depend on `step`"):
+        res = fit(make_model(), mse, ADAM, lambda s: batches[0], 2, progress=False)
+    assert res.step == 2

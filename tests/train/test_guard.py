@@ -1,11 +1,16 @@
-"""NaN/inf guard: the step leaves the state unchanged; fit skips (with a report) or raises before any write."""
+"""NaN/inf guard: the step leaves the state unchanged; fit skips (with a report) or raises before any write.
+
+The guard covers the loss, the gradients, and the *new* parameters and optimiser state (a finite but huge gradient
+overflows the second-moment statistics of Adam and Shampoo); it holds inside fit's multi-step device calls."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from jaxsciml.optim import shampoo
 from jaxsciml.train import Checkpointer, fit, make_train_step
 
 from ._util import ADAM, make_batch, make_model, mse
@@ -30,7 +35,10 @@ BAD = (3, 7)
 
 
 def _data_with_nans(step):
-    return _nan_batch(step) if step in BAD else make_batch(step)
+    """Jittable (fit runs it inside its multi-step loop): a NaN target at the steps in BAD."""
+    x, y = make_batch(step)
+    bad = jnp.any(jnp.asarray(step) == jnp.array(BAD))
+    return x, y.at[0, 0].set(jnp.where(bad, jnp.nan, y[0, 0]))
 
 
 def test_step_guard_on_nan_loss():
@@ -61,8 +69,8 @@ def test_step_guard_on_inf_gradient_with_finite_loss():
 
 
 def test_fit_skip_reports_steps_and_equals_training_without_bad_batches():
-    with pytest.warns(RuntimeWarning, match=r"non-finite loss or gradient at step \d") as record:
-        res = fit(make_model(), mse, ADAM, _data_with_nans, 10, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"non-finite loss, gradient or update at step \d") as record:
+        res = fit(make_model(), mse, ADAM, _data_with_nans, 10, steps_per_call=4, progress=False)
     messages = [str(w.message) for w in record if "non-finite" in str(w.message)]
     assert len(messages) == 2 and "step 3 " in messages[0] and "step 7 " in messages[1]
     assert res.history["nonfinite_steps"] == list(BAD)
@@ -107,3 +115,54 @@ def test_exception_in_loop_leaves_last_checkpoint_intact(tmp_path):
         resumed = fit(make_model(1), mse, ADAM, make_batch, 10, checkpointer=ck, progress=False)
     full = fit(make_model(), mse, ADAM, make_batch, 10, progress=False)
     assert _equal(resumed.model, full.model)
+
+
+HUGE_AT = 2
+
+
+def _huge_gradient_loss(p, scale):
+    """Linear in the parameters: the gradient is `scale` everywhere, the loss finite even for scale 1e20."""
+    return jnp.sum(p["w"]) * scale + jnp.sum(p["w"] ** 2)
+
+
+def _huge_scale(step):
+    return jnp.where(step == HUGE_AT, 1e20, 1.0).astype(jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [optax.adam(1e-2), shampoo(1e-2, block_size=8, precondition_every=1)],
+    ids=["adam", "shampoo"],
+)
+def test_huge_finite_gradient_is_skipped(opt):
+    """A gradient of 1e20 (finite; float32) squares to inf in the second-moment statistics. The loss and the gradient
+    are finite, so only the check of the new optimiser state catches it: the step is skipped and reported, and model
+    and optimiser state are bit-identical to those before it."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float32).reshape(6, 4)}
+    g = jax.grad(_huge_gradient_loss)(params, jnp.float32(1e20))["w"]
+    assert jnp.all(jnp.isfinite(g)) and not jnp.all(jnp.isfinite(jnp.square(g)))
+    before = fit(params, _huge_gradient_loss, opt, _huge_scale, HUGE_AT, progress=False)
+    with pytest.warns(RuntimeWarning, match=f"at step {HUGE_AT} "):
+        res = fit(params, _huge_gradient_loss, opt, _huge_scale, HUGE_AT + 1, steps_per_call=3, progress=False)
+    assert res.history["nonfinite_steps"] == [HUGE_AT]
+    assert np.isfinite(res.history["loss"][HUGE_AT])  # the loss alone would not have caught it
+    assert _equal(res.model, before.model) and _equal(res.opt_state, before.opt_state)
+    # the bare step reports it too and returns its inputs unchanged
+    step = make_train_step(_huge_gradient_loss, opt)
+    new, new_state, loss, _, ok = step(before.model, before.opt_state, jnp.float32(1e20))
+    assert not bool(ok) and np.isfinite(float(loss))
+    assert _equal(new, before.model) and _equal(new_state, before.opt_state)
+    # without the guard the state would hold inf
+    _, bad_state, _, _, _ = make_train_step(_huge_gradient_loss, opt, nonfinite="ignore")(
+        before.model, before.opt_state, jnp.float32(1e20)
+    )
+    assert not all(
+        np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(eqx.filter(bad_state, eqx.is_inexact_array))
+    )
+
+
+def test_state_entries_that_start_non_finite_are_allowed():
+    """reduce_on_plateau starts its best value at inf: a state entry that was already non-finite does not count."""
+    opt = optax.chain(ADAM, optax.contrib.reduce_on_plateau(patience=2))
+    res = fit(make_model(), mse, opt, make_batch, 3, progress=False)
+    assert res.history["nonfinite_steps"] == [] and int(res.opt_state[0][0].count) == 3

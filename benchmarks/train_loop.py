@@ -1,0 +1,224 @@
+"""Overhead of the training loop: ``train.fit`` against hand-written loops running the very same step.
+
+Scientific-ML models are small, so a step takes microseconds to milliseconds and the loop's own overhead (Python,
+dispatch, a host sync per step) can decide the wall time. For each task the same loss, optimiser and data function
+are run as
+
+- ``fit``: ``jaxsciml.train.fit(model, loss, opt, data, steps, progress=False)`` (data a jittable ``data(step)`` or
+  ``data(key)`` callable);
+- ``python_loop``: one jitted step (data generation, loss, gradient, update) called from a Python loop, with no host
+  sync until the end;
+- ``scan``: all steps inside one jitted ``lax.scan`` (the floor: one device call);
+- ``train_operator`` (NSM only): ``jaxsciml.pde.train_operator``.
+
+Tasks: ``mlp`` (``eqx.nn.MLP`` 8->32->32->1, batch 64, Adam, regression on fresh Gaussian inputs per step) and
+``nsm_poisson`` (an NSM on ``pde.PoissonPeriodic``, fresh GRF sources per step, spectral loss, Adam).
+
+Timing: every method is compiled/run once first (``first_s``; ``compile_s = first_s - median``), then the methods
+are timed in interleaved rounds (method order rotated each round) and the median over rounds is reported; every
+timed call ends with ``jax.block_until_ready``. ``ratio_vs_scan`` = median / median of ``scan``. The load average is
+recorded before and after since the machine may be shared. ``--baseline FILE`` adds the ``runs`` table of an earlier
+run (e.g. before a change) to the report as ``before``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks._common import write_results  # noqa: E402
+from jaxsciml import pde, train  # noqa: E402
+
+
+def _hand_written(loss_fn: Callable, opt: Any, data: Callable, by_key: bool):
+    """The step of ``fit`` written by hand, as a Python loop and as one ``lax.scan``: ``(python_loop, scan)``."""
+
+    def step(model, opt_state, x):
+        batch = data(x)
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, batch)
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    jstep = eqx.filter_jit(step)
+
+    def python_loop(model, steps, key):
+        opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+        loss = None
+        for i in range(steps):
+            if by_key:
+                key, sub = jax.random.split(key)
+                model, opt_state, loss = jstep(model, opt_state, sub)
+            else:
+                model, opt_state, loss = jstep(model, opt_state, jnp.asarray(i))  # an array: a Python int is static
+        return jax.block_until_ready((model, loss))
+
+    @eqx.filter_jit
+    def _scan(model, key, steps):
+        params, static = eqx.partition(model, eqx.is_array)
+        opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+
+        def body(carry, i):
+            p, s, k = carry
+            if by_key:
+                k, x = jax.random.split(k)
+            else:
+                x = i
+            m, s, loss = step(eqx.combine(p, static), s, x)
+            return (eqx.filter(m, eqx.is_array), s, k), loss
+
+        (params, _, _), losses = jax.lax.scan(body, (params, opt_state, key), jnp.arange(steps))
+        return eqx.combine(params, static), losses
+
+    def scan(model, steps, key):
+        return jax.block_until_ready(_scan(model, key, steps))
+
+    return python_loop, scan
+
+
+def task_mlp(steps: int) -> dict[str, Any]:
+    model = eqx.nn.MLP(8, 1, 32, 2, key=jax.random.key(0))
+    opt = optax.adam(1e-3)
+    base = jax.random.key(1)
+
+    def data(step):
+        x = jax.random.normal(jax.random.fold_in(base, step), (64, 8))
+        return x, jnp.sum(jnp.sin(x), axis=1, keepdims=True)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    python_loop, scan = _hand_written(loss_fn, opt, data, by_key=False)
+    methods = {
+        "fit": lambda: train.fit(model, loss_fn, opt, data, steps, progress=False),
+        "python_loop": lambda: python_loop(model, steps, None),
+        "scan": lambda: scan(model, steps, None),
+    }
+    return {"methods": methods, "config": {"model": "MLP 8-32-32-1", "batch": 64, "optimizer": "adam(1e-3)"}}
+
+
+def task_nsm_poisson(steps: int) -> dict[str, Any]:
+    prob = pde.PoissonPeriodic(n=11)
+    model = pde.NSM(prob.basis, 1, 1, width=16, depth=2, activation=jax.nn.gelu, key=jax.random.key(0))
+    opt = optax.adam(1e-3)
+    key = jax.random.key(1)
+
+    def data(k):
+        return prob.sample(k, 16)
+
+    def loss_fn(m, f):
+        return pde.nsm_loss(m, prob, f)
+
+    python_loop, scan = _hand_written(loss_fn, opt, data, by_key=True)
+    methods = {
+        "fit": lambda: train.fit(model, loss_fn, opt, data, steps, key=key, progress=False),
+        "python_loop": lambda: python_loop(model, steps, key),
+        "scan": lambda: scan(model, steps, key),
+        "train_operator": lambda: pde.train_operator(model, loss_fn, data, steps, key, optimizer=opt),
+    }
+    config = {"problem": "PoissonPeriodic(n=11)", "model": "NSM width 16 depth 2", "batch": 16, "optimizer": "adam"}
+    return {"methods": methods, "config": config}
+
+
+TASKS = {"mlp": task_mlp, "nsm_poisson": task_nsm_poisson}
+
+
+def _block(out: Any) -> Any:
+    """Block on a method's result (``fit`` returns a dataclass, ``train_operator`` a tuple holding a dict)."""
+    if isinstance(out, train.FitResult):
+        return jax.block_until_ready((out.model, out.opt_state))
+    return jax.block_until_ready(jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, dict)))
+
+
+def bench_task(name: str, steps: int, rounds: int) -> list[dict[str, Any]]:
+    spec = TASKS[name](steps)
+    methods: dict[str, Callable[[], Any]] = spec["methods"]
+    first, fit_info = {}, {}
+    for m, fn in methods.items():
+        t0 = time.perf_counter()
+        out = _block(fn())
+        first[m] = time.perf_counter() - t0
+        if isinstance(out, train.FitResult):
+            fit_info = {k: getattr(out, k) for k in ("compile_s", "step_s") if hasattr(out, k)}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    order = list(methods)
+    for r in range(rounds):
+        for m in order[r % len(order) :] + order[: r % len(order)]:
+            t0 = time.perf_counter()
+            _block(methods[m]())
+            times[m].append(time.perf_counter() - t0)
+    med = {m: statistics.median(t) for m, t in times.items()}
+    rows = []
+    for m in methods:
+        row = {
+            "task": name,
+            "method": m,
+            "steps": steps,
+            "median_s": med[m],
+            "min_s": min(times[m]),
+            "per_step_us": 1e6 * med[m] / steps,
+            "first_s": first[m],
+            "compile_s": max(first[m] - med[m], 0.0),
+            "ratio_vs_scan": med[m] / med["scan"],
+        }
+        if m == "fit":
+            row.update({f"fit_reported_{k}": v for k, v in fit_info.items()})
+        rows.append(row)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI smoke size")
+    parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed interleaved rounds per task (default 7)")
+    parser.add_argument("--baseline", default=None, help="an earlier train_loop JSON whose runs become `before`")
+    args = parser.parse_args(argv)
+    steps = {"mlp": 200, "nsm_poisson": 40} if args.quick else {"mlp": 2000, "nsm_poisson": 500}
+    rounds = args.rounds or (2 if args.quick else 7)
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    for name in TASKS:
+        rows += bench_task(name, steps[name], rounds)
+    load_after = os.getloadavg()
+    tables: dict[str, list[dict[str, Any]]] = {"runs": rows}
+    summary = [
+        {"task": r["task"], "fit_over_scan": r["ratio_vs_scan"], "fit_over_python_loop": r["median_s"] / py}
+        for r in rows
+        if r["method"] == "fit"
+        for py in [next(q["median_s"] for q in rows if q["task"] == r["task"] and q["method"] == "python_loop")]
+    ]
+    if args.baseline:
+        before = json.loads(Path(args.baseline).read_text())
+        tables["before"] = before["tables"]["runs"]
+        for s in summary:
+            old = next(r for r in tables["before"] if r["task"] == s["task"] and r["method"] == "fit")
+            s["before_fit_over_scan"] = old["ratio_vs_scan"]
+    tables["summary"] = summary
+    notes = (
+        f"Load average (1, 5, 15 min) before: {tuple(round(x, 2) for x in load_before)}, after: "
+        f"{tuple(round(x, 2) for x in load_after)}. Medians over {rounds} interleaved rounds, compile excluded "
+        "(reported as compile_s). Target: fit <= 1.3x scan."
+    )
+    config = {"steps": steps, "rounds": rounds, "tasks": {n: TASKS[n](1)["config"] for n in TASKS}}
+    return write_results("train_loop_quick" if args.quick else "train_loop", tables, args.out, notes, config)
+
+
+if __name__ == "__main__":
+    main()
