@@ -48,7 +48,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
 from ._heuristics import HeuristicSolver, stiffness_stage_pair
-from ._solve import Heuristics, SolveStats, _solve, as_terms, fevals_per_step
+from ._solve import Heuristics, SolveStats, _solve, _with_controller_tols, as_terms, fevals_per_step
 
 __all__ = ["local_step_heuristics", "solve_with_local_heuristics"]
 
@@ -136,6 +136,7 @@ def solve_with_local_heuristics(
             f"stepsize_controller must be a diffrax.PIDController for local regularization, got "
             f"{type(stepsize_controller).__name__}"
         )
+    solver = _with_controller_tols(solver, stepsize_controller)  # implicit solvers: root finder at the tolerances
     if saveat is None:
         saveat = dfx.SaveAt(t1=True)
     sub = saveat.subs
