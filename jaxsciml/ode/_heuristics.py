@@ -22,9 +22,13 @@ Stage pairs (0-based stage indices, both at ``c = 1``):
 - ``Dopri5``: stages 5 and 6 (6 is the FSAL stage);
 - ``Dopri8``: stages 12 and 13 (13 is the FSAL stage);
 - ``Bosh3`` (``c = 0, 1/2, 3/4, 1``) and ``Heun`` (``c = 0, 1``): no two stages share a time point, the stiffness
-  estimate is undefined and requesting it raises a ``ValueError``. The error heuristic works for any solver with an
-  embedded error estimate (all :class:`diffrax.AbstractAdaptiveSolver`, including SDE solvers such as ``Heun`` or
-  ``SPaRK`` on an SDE).
+  estimate is undefined and requesting it raises a ``ValueError``; so does any implicit or IMEX solver (the estimate
+  is defined for explicit stages only). The error heuristic works for any solver with an embedded error estimate
+  (all :class:`diffrax.AbstractAdaptiveSolver`: explicit, implicit such as ``Kvaerno5``, IMEX such as ``KenCarp4``,
+  and SDE solvers such as ``Heun`` or ``SPaRK`` on an SDE).
+
+Backward time (``t1 < t0``): diffrax integrates the mirrored problem ``z'(s) = -f(-s, z)`` forward in ``s = -t``,
+and the wrapper sees its steps, so both heuristics are non-negative and equal those of the mirrored problem.
 """
 
 from __future__ import annotations
@@ -97,11 +101,15 @@ def _stiffness_times_h(solver: dfx.AbstractSolver, pair: tuple[int, int], ks: Py
 
 
 class HeuristicState(eqx.Module):
-    """Solver state of :class:`HeuristicSolver`: the inner solver's state plus the two accumulators (scalars)."""
+    """Solver state of :class:`HeuristicSolver`: the inner solver's state, the two accumulators (scalars) and, for
+    each probe time, the start (solver time) and size of the accepted step containing it (``(num_probes,)``;
+    ``probe_h = 0`` until found)."""
 
     inner: Any
     error: Scalar
     stiffness: Scalar
+    probe_t: Array | None = None
+    probe_h: Array | None = None
 
 
 class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
@@ -114,6 +122,9 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     - ``rtol``, ``atol``: the tolerances of the step-size controller (so ``||.||_w`` is the norm the controller uses).
     - ``norm``: the controller's norm (default ``optimistix.rms_norm``, diffrax's default).
     - ``record_error``, ``record_stiffness``: which heuristics to accumulate (the other stays ``0``).
+    - ``probe_ts``: optional times (``(num_probes,)``, in the solver's time: ``-t`` in a backward solve) whose
+      containing accepted step's size ``|h_k|`` is recorded in ``HeuristicState.probe_h`` (used by local
+      regularization to take its local step with the step size the solver used there).
 
     Read the accumulators from ``diffeqsolve(..., saveat=SaveAt(..., solver_state=True)).solver_state``, a
     :class:`HeuristicState`. Gradients flow through them with diffrax's discrete adjoints
@@ -127,15 +138,14 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     norm: Callable[[PyTree], Scalar] = optx.rms_norm
     record_error: bool = eqx.field(static=True, default=True)
     record_stiffness: bool = eqx.field(static=True, default=False)
+    probe_ts: Array | None = None
 
     def __check_init__(self):
-        if not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
+        if self.record_error and not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
             raise TypeError(
                 f"solver={type(self.solver).__name__} has no embedded error estimate (not a "
-                "diffrax.AbstractAdaptiveSolver); use e.g. diffrax.Tsit5, Dopri5, Dopri8, Bosh3 or Heun."
+                "diffrax.AbstractAdaptiveSolver); use e.g. diffrax.Tsit5, Dopri5, Dopri8, Bosh3, Heun, Kvaerno5."
             )
-        if isinstance(self.solver, dfx.AbstractImplicitSolver):
-            raise TypeError(f"implicit solvers are not supported, got solver={type(self.solver).__name__}")
         if self.record_stiffness:
             stiffness_stage_pair(self.solver)
 
@@ -166,7 +176,8 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         if not jnp.issubdtype(dtype, jnp.floating):
             dtype = jnp.result_type(float)
         zero = jnp.zeros((), dtype)
-        return HeuristicState(inner=inner, error=zero, stiffness=zero)
+        probe_h = None if self.probe_ts is None else jnp.zeros(jnp.shape(self.probe_ts), jnp.result_type(t0, float))
+        return HeuristicState(inner=inner, error=zero, stiffness=zero, probe_t=probe_h, probe_h=probe_h)
 
     def step(self, terms, t0, t1, y0, args, solver_state: HeuristicState, made_jump):
         y1, y_error, dense_info, inner, result = self.solver.step(
@@ -181,7 +192,13 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
             pair = stiffness_stage_pair(self.solver)
             stiffness = stiffness + _stiffness_times_h(self.solver, pair, dense_info["k"]).astype(stiffness.dtype)
         error = error.astype(solver_state.error.dtype)
-        new_state = HeuristicState(inner=inner, error=error, stiffness=stiffness)
+        probe_t, probe_h = solver_state.probe_t, solver_state.probe_h
+        if self.probe_ts is not None:
+            lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
+            inside = (self.probe_ts >= lo) & (self.probe_ts < hi)
+            probe_h = jnp.where(inside, jax.lax.stop_gradient(h).astype(probe_h.dtype), probe_h)
+            probe_t = jnp.where(inside, jax.lax.stop_gradient(t0).astype(probe_t.dtype), probe_t)
+        new_state = HeuristicState(inner=inner, error=error, stiffness=stiffness, probe_t=probe_t, probe_h=probe_h)
         return y1, y_error, dense_info, new_state, result
 
     def local_error(self, y0: PyTree[Array], y1: PyTree[Array], y_error: PyTree[Array]) -> Scalar:

@@ -2,7 +2,18 @@
 
 Every model's ``__call__`` returns an :class:`ODEOutput` for one example (``vmap`` over a batch), so a training loss
 reads ``task(out.ys, target) + out.penalty`` (or with explicit weights, ``task + lam_E * out.error + lam_S *
-out.stiffness`` using ``HeuristicRegularization(error_weight=1, stiffness_weight=1)`` for the raw values).
+out.stiffness`` using ``HeuristicRegularization(error_weight=1, stiffness_weight=1)`` for the raw values). States may
+be any PyTree the vector field accepts. ``step=`` (the training step) evaluates schedule weights.
+
+**Batching.** ``NeuralODE.batched`` / ``ODEClassifier.batched`` offer both ways of solving a minibatch:
+
+- ``shared_steps=False``: ``vmap`` of per-example adaptive solves. Each example takes its own step sequence (its own
+  accuracy control and heuristics), but a vmapped ``while_loop`` runs until the slowest member finishes, so the
+  batch costs ``max_b(steps_b)`` iterations of work on every member (finished ones are masked, not skipped);
+- ``shared_steps=True``: the batch is one ODE system ``Y' = (f(t, y_1), ..., f(t, y_B))`` with one step sequence
+  (as in the papers' Julia implementations). The controller's RMS norm runs over the whole batch, so the step count
+  follows the batch's RMS error rather than the worst member's, each step is a batched matmul, and ``R_E``/``R_S``
+  are those of the joint system (one scalar per batch). Errors of individual examples are controlled only on average.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import lineax as lx
-from jaxtyping import Array, Float, PRNGKeyArray
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._regularizers import (
     AbstractRegularizer,
@@ -30,7 +43,8 @@ __all__ = ["LatentODE", "MLPVectorField", "NeuralODE", "NeuralSDE", "ODEClassifi
 
 
 class MLPVectorField(eqx.Module):
-    """``f(t, y) = MLP([y, t])`` (or ``MLP(y)`` if not ``time_dependent``), ``y`` of shape ``(size,)``."""
+    """``f(t, y) = MLP([y, t])`` (or ``MLP(y)`` if not ``time_dependent``), ``y`` of shape ``(size,)``, or any PyTree
+    with ``size`` elements in all (flattened for the MLP; the output has ``y``'s structure)."""
 
     mlp: eqx.nn.MLP
     time_dependent: bool = eqx.field(static=True)
@@ -58,17 +72,35 @@ class MLPVectorField(eqx.Module):
         )
 
     def __call__(self, t, y, args=None):
+        flat, unravel = ravel_pytree(y)
         if self.time_dependent:
-            y = jnp.concatenate([y, jnp.asarray(t, y.dtype)[None]])
-        return self.mlp(y)
+            flat = jnp.concatenate([flat, jnp.asarray(t, flat.dtype)[None]])
+        return unravel(self.mlp(flat))
+
+
+class _BatchedField(eqx.Module):
+    """``F(t, Y) = vmap(f)(t, Y)``: a batch (leading axis of every leaf) as one ODE system."""
+
+    field: Callable
+
+    def __call__(self, t, y, args):
+        return jax.vmap(self.field, in_axes=(None, 0, None))(t, y, args)
+
+
+def _batch_size(tree: PyTree[Array]) -> int:
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jtu.tree_leaves(tree)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"a batch needs one leading batch axis on every leaf, got leading sizes {sizes}")
+    return sizes.pop()
 
 
 class NeuralODE(eqx.Module):
-    """``y(t)`` solving ``y' = field(t, y)`` from ``t0`` to ``t1`` with the solver settings in ``config``.
+    """``y(t)`` solving ``y' = field(t, y)`` from ``t0`` to ``t1`` (``t1 < t0`` allowed) with the settings in
+    ``config``.
 
-    ``__call__(y0, ts=None, *, regularizer=None, key=None) -> ODEOutput`` for one initial condition ``y0`` of shape
-    ``(n,)``: ``ys`` is ``y(t1)`` (``(n,)``) or ``y(ts)`` (``(len(ts), n)``). ``vmap`` over ``y0`` (and ``key``) for
-    a batch.
+    ``__call__(y0, ts=None, *, regularizer=None, key=None, step=None) -> ODEOutput`` for one initial condition ``y0``
+    (an array or any PyTree the field accepts): ``ys`` is ``y(t1)`` or ``y(ts)`` (leading axis ``len(ts)``). ``vmap``
+    over ``y0`` (and ``key``) for a batch, or :meth:`batched` for either batching mode.
     """
 
     field: eqx.Module
@@ -86,15 +118,57 @@ class NeuralODE(eqx.Module):
 
     def __call__(
         self,
-        y0: Float[Array, " n"],
+        y0: PyTree[Array],
         ts: Float[Array, " m"] | None = None,
         *,
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
+        step: Int[Array, ""] | int | None = None,
     ) -> ODEOutput:
         return regularized_solve(
-            self.field, y0, self.t0, self.t1, ts=ts, config=self.config, regularizer=regularizer, key=key
+            self.field, y0, self.t0, self.t1, ts=ts, config=self.config, regularizer=regularizer, key=key, step=step
         )
+
+    def batched(
+        self,
+        y0s: PyTree[Array],
+        ts: Float[Array, " m"] | None = None,
+        *,
+        shared_steps: bool = True,
+        regularizer: AbstractRegularizer | None = None,
+        key: PRNGKeyArray | None = None,
+        step: Int[Array, ""] | int | None = None,
+    ) -> ODEOutput:
+        """Solve a batch ``y0s`` (leading axis ``B`` on every leaf): one system with one step sequence
+        (``shared_steps=True``) or ``vmap`` of per-example solves (module docstring for the trade-off).
+
+        ``ys`` has the batch axis first (``(B, ...)`` or ``(B, len(ts), ...)``). ``penalty``, ``error``,
+        ``stiffness`` are scalars: the joint system's (shared) or the batch mean (vmap). ``stats`` are scalars
+        (shared) or ``(B,)`` (vmap); ``extra`` values likewise.
+        """
+        b = _batch_size(y0s)
+        if not shared_steps:
+            keys = None if key is None else jax.random.split(key, b)
+            out = jax.vmap(lambda y, k: self(y, ts, regularizer=regularizer, key=k, step=step))(y0s, keys)
+            return eqx.tree_at(
+                lambda o: (o.penalty, o.error, o.stiffness),
+                out,
+                (jnp.mean(out.penalty), jnp.mean(out.error), jnp.mean(out.stiffness)),
+            )
+        out = regularized_solve(
+            _BatchedField(self.field),
+            y0s,
+            self.t0,
+            self.t1,
+            ts=ts,
+            config=self.config,
+            regularizer=regularizer,
+            key=key,
+            step=step,
+        )
+        if ts is not None:
+            out = eqx.tree_at(lambda o: o.ys, out, jtu.tree_map(lambda y: jnp.swapaxes(y, 0, 1), out.ys))
+        return out
 
 
 class ODEClassifier(eqx.Module):
@@ -105,11 +179,31 @@ class ODEClassifier(eqx.Module):
     head: eqx.Module
 
     def __call__(
-        self, x: Array, *, regularizer: AbstractRegularizer | None = None, key: PRNGKeyArray | None = None
+        self,
+        x: Array,
+        *,
+        regularizer: AbstractRegularizer | None = None,
+        key: PRNGKeyArray | None = None,
+        step: Int[Array, ""] | int | None = None,
     ) -> ODEOutput:
         h0 = self.encoder(x)
-        out = self.ode(h0, regularizer=regularizer, key=key)
+        out = self.ode(h0, regularizer=regularizer, key=key, step=step)
         return eqx.tree_at(lambda o: o.ys, out, self.head(out.ys))
+
+    def batched(
+        self,
+        xs: PyTree[Array],
+        *,
+        shared_steps: bool = True,
+        regularizer: AbstractRegularizer | None = None,
+        key: PRNGKeyArray | None = None,
+        step: Int[Array, ""] | int | None = None,
+    ) -> ODEOutput:
+        """Logits for a batch ``xs`` (leading axis ``B``): the ODE block solved with one shared step sequence or
+        per example (see :meth:`NeuralODE.batched`)."""
+        h0s = jax.vmap(self.encoder)(xs)
+        out = self.ode.batched(h0s, shared_steps=shared_steps, regularizer=regularizer, key=key, step=step)
+        return eqx.tree_at(lambda o: o.ys, out, jax.vmap(self.head)(out.ys))
 
 
 class LatentODE(eqx.Module):
@@ -168,13 +262,14 @@ class LatentODE(eqx.Module):
         *,
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
+        step: Int[Array, ""] | int | None = None,
     ) -> ODEOutput:
         if xs.ndim != 2 or xs.shape[1] != self.data_size or xs.shape[0] != ts.shape[0] or mask.shape != ts.shape:
             raise ValueError(
                 f"expected ts (m,), xs (m, {self.data_size}), mask (m,); got {ts.shape}, {xs.shape}, {mask.shape}"
             )
         z0 = self.encode(ts, xs, mask)
-        out = self.ode(z0, ts, regularizer=regularizer, key=key)
+        out = self.ode(z0, ts, regularizer=regularizer, key=key, step=step)
         return eqx.tree_at(lambda o: o.ys, out, jax.vmap(self.decoder)(out.ys))
 
 
@@ -185,6 +280,8 @@ class NeuralSDE(eqx.Module):
     path). Solver: an adaptive SDE solver with an embedded error estimate (default ``diffrax.Heun``, Stratonovich)
     and a PID controller. Error-estimate regularization: ``HeuristicRegularization(error_weight=...)`` (global,
     discrete adjoint); the stiffness heuristic is not defined for SDE solves. ``ys`` is ``y(t1)`` or ``y(ts)``.
+    ``y0`` may be any PyTree (flattened to a vector for the solve; ``drift``/``diffusion`` take and return ``y0``'s
+    structure).
     """
 
     drift: eqx.Module
@@ -230,26 +327,30 @@ class NeuralSDE(eqx.Module):
         key: PRNGKeyArray,
         regularizer: AbstractRegularizer | None = None,
         on_max_steps: str = "raise",
+        step: Int[Array, ""] | int | None = None,
     ) -> ODEOutput:
         regularizer = NoRegularization() if regularizer is None else regularizer
         if isinstance(regularizer, HeuristicRegularization):
             if regularizer.local is not None or "stiffness" in regularizer.heuristics:
                 raise ValueError("NeuralSDE supports global error-estimate regularization only (stiffness_weight=0)")
             heur = regularizer.heuristics
+            lam_e = regularizer.weights(step)[0]
         elif isinstance(regularizer, NoRegularization):
-            heur = ()
+            heur, lam_e = (), 0.0
         else:
             raise ValueError(f"NeuralSDE does not support regularizer={type(regularizer).__name__}")
+        flat0, unravel = ravel_pytree(y0)
         levy = dfx.SpaceTimeLevyArea if isinstance(self.solver, dfx.SPaRK) else dfx.BrownianIncrement
-        bm = dfx.VirtualBrownianTree(self.t0, self.t1, tol=self.bm_tol, shape=y0.shape, key=key, levy_area=levy)
-        terms = dfx.MultiTerm(dfx.ODETerm(self.drift), dfx.ControlTerm(_Diagonal(self.diffusion), bm))
+        bm = dfx.VirtualBrownianTree(self.t0, self.t1, tol=self.bm_tol, shape=flat0.shape, key=key, levy_area=levy)
+        drift, diffusion = _Flat(self.drift, unravel), _Flat(self.diffusion, unravel)
+        terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(_Diagonal(diffusion), bm))
         saveat = dfx.SaveAt(ts=ts) if ts is not None else dfx.SaveAt(t1=True)
         sol, h, stats = solve_with_heuristics(
             terms,
             self.solver,
             self.t0,
             self.t1,
-            y0,
+            flat0,
             dt0=0.05 * (self.t1 - self.t0),
             stepsize_controller=dfx.PIDController(rtol=self.rtol, atol=self.atol, dtmin=self.dtmin),
             saveat=saveat,
@@ -259,9 +360,20 @@ class NeuralSDE(eqx.Module):
             rtol=self.rtol,
             atol=self.atol,
         )
-        ys = sol.ys if ts is not None else sol.ys[-1]
-        penalty = regularizer.error_weight * h.error if heur else jnp.zeros((), y0.dtype)
+        ys = jax.vmap(unravel)(sol.ys)
+        ys = ys if ts is not None else jtu.tree_map(lambda y: y[-1], ys)
+        penalty = lam_e * h.error if heur else jnp.zeros((), flat0.dtype)
         return ODEOutput(ys, penalty, h.error, h.stiffness, stats)
+
+
+class _Flat(eqx.Module):
+    """A field on ``y0``'s PyTree structure as a field on its flattened vector."""
+
+    fn: Callable
+    unravel: Callable
+
+    def __call__(self, t, y, args):
+        return ravel_pytree(self.fn(t, self.unravel(y), args))[0]
 
 
 class _Diagonal(eqx.Module):

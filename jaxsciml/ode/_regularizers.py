@@ -1,14 +1,23 @@
 """Regularizers for neural ODE solves, all behind one call: :func:`regularized_solve`.
 
+Each regularizer is an :class:`AbstractRegularizer` that implements :meth:`AbstractRegularizer.solve` (solve and
+penalty together, since most penalties change the solve: augmented states, recorded heuristics, sampled end times).
+A new regularizer subclasses it and implements ``solve``; :func:`regularized_solve` only validates and dispatches.
+Built-ins:
+
 - :class:`NoRegularization`: the plain solve (solve statistics only);
 - :class:`HeuristicRegularization`: solver heuristics ``lam_E R_E + lam_S R_S`` (Pal et al. 2021), globally over the
   accepted steps (``local=None``) or locally at sampled time points (``local="unbiased"|"biased"``, Pal et al. 2023);
+  the weights may be optax schedules of the training step;
 - :class:`RNODE`: kinetic energy ``int ||f||^2 dt`` and Jacobian Frobenius norm ``int ||df/dy||_F^2 dt`` (Hutchinson
   estimate ``||eps^T df/dy||^2``, ``eps ~ N(0, I)``), integrated along the trajectory in an augmented state (Finlay et
   al., ICML 2020);
 - :class:`TayNODE`: ``int ||d^K y / dt^K||^2 / dim dt`` with the ``K``-th total time derivative computed by
   Taylor-mode AD (``jax.experimental.jet``), integrated in an augmented state (Kelly et al., NeurIPS 2020);
 - :class:`STEER`: the end time is drawn from ``U(t1 - b, t1 + b)`` during training (Ghosh et al., NeurIPS 2020).
+
+States are any PyTree of floating arrays. Integrals run over ``|dt|``, so in backward time (``t1 < t0``) every
+penalty is non-negative and equals the forward-time value of the mirrored problem ``z'(s) = -f(-s, z)``.
 
 Every solve returns an :class:`ODEOutput`: ``ys``, the weighted ``penalty`` to add to the task loss, the raw
 regularizer values, and :class:`SolveStats`. Augmented states (RNODE, TayNODE) are part of the state the step-size
@@ -17,6 +26,7 @@ controller sees, as in the reference implementations.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -24,11 +34,13 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jax.experimental import jet
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._local import solve_with_local_heuristics
-from ._solve import SolveStats, check_tolerances, check_weight, solve_with_heuristics
+from ._solve import Heuristics, SolveStats, check_tolerances, check_weight, solve_with_heuristics
 
 __all__ = [
     "AbstractRegularizer",
@@ -47,8 +59,8 @@ __all__ = [
 class ODEOutput(eqx.Module):
     """What a regularized solve returns.
 
-    - ``ys``: the solution at the requested times (``(len(ts), *y.shape)``) or at ``t1`` (``y.shape``); for models the
-      prediction (logits, reconstructions);
+    - ``ys``: the solution at the requested times (each leaf ``(len(ts), *leaf.shape)``) or at ``t1`` (``y0``'s
+      structure and shapes); for models the prediction (logits, reconstructions);
     - ``penalty``: the weighted regularization term (scalar) to add to the task loss;
     - ``error``, ``stiffness``: ``R_E``, ``R_S`` (global, local estimates, or ``0`` when not recorded);
     - ``extra``: the raw values of other regularizers (``{"kinetic", "jacobian"}`` for RNODE, ``{"taylor"}`` for
@@ -65,7 +77,12 @@ class ODEOutput(eqx.Module):
 
 
 class SolverConfig(eqx.Module):
-    """Solver settings of a neural DE: solver, tolerances, ``dt0``, ``max_steps``, adjoint, ``on_max_steps``."""
+    """Solver settings of a neural DE: solver, tolerances, ``dt0``, ``max_steps``, adjoint, ``on_max_steps``.
+
+    ``dt0=None`` (default) picks the first step with Hairer's estimate (:func:`jaxsciml.ode.initial_step_size`).
+    Implicit/IMEX adaptive solvers (``Kvaerno5``, ``KenCarp4`` with IMEX terms) work with unregularized solves and
+    the error heuristic; the stiffness heuristic needs an explicit Runge--Kutta solver.
+    """
 
     solver: dfx.AbstractSolver = dfx.Tsit5()
     rtol: float = eqx.field(static=True, default=1e-3)
@@ -80,7 +97,8 @@ class SolverConfig(eqx.Module):
         if not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
             raise TypeError(
                 f"unsupported solver={type(self.solver).__name__}: it has no embedded error estimate; use e.g. "
-                "diffrax.Tsit5, Dopri5, Dopri8, Bosh3 or Heun"
+                "diffrax.Tsit5, Dopri5, Dopri8, Bosh3, Heun, Kvaerno5 (or solve_with_heuristics with a fixed "
+                "controller for fixed-step solvers)"
             )
         if self.on_max_steps not in ("raise", "flag"):
             raise ValueError(f"on_max_steps must be 'raise' or 'flag', got {self.on_max_steps!r}")
@@ -91,33 +109,129 @@ class SolverConfig(eqx.Module):
     def controller(self) -> dfx.PIDController:
         return dfx.PIDController(rtol=self.rtol, atol=self.atol)
 
+    def solve_kwargs(self) -> dict:
+        """Keyword arguments of :func:`solve_with_heuristics` for these settings (``dt0``, controller, ...)."""
+        return dict(
+            dt0=self.dt0,
+            stepsize_controller=self.controller,
+            max_steps=self.max_steps,
+            adjoint=self.adjoint,
+            on_max_steps=self.on_max_steps,
+        )
+
+    def solve(
+        self,
+        vector_field: Callable,
+        y0: PyTree[Array],
+        t0: Any,
+        t1: Any,
+        *,
+        ts: Array | None = None,
+        args: Any = None,
+        heuristics: tuple[str, ...] = (),
+    ) -> tuple[PyTree[Array], Heuristics, SolveStats]:
+        """Solve with these settings and return ``(ys, Heuristics, SolveStats)``, ``ys`` at ``ts`` (leading axis
+        ``len(ts)``) or at ``t1`` (``y0``'s shapes). A building block for new regularizers."""
+        sol, h, stats = solve_with_heuristics(
+            vector_field,
+            self.solver,
+            t0,
+            t1,
+            y0,
+            args,
+            saveat=_saveat(ts),
+            heuristics=heuristics,
+            **self.solve_kwargs(),
+        )
+        return _final(sol.ys, ts), h, stats
+
+
+def _saveat(ts) -> dfx.SaveAt:
+    return dfx.SaveAt(ts=ts) if ts is not None else dfx.SaveAt(t1=True)
+
+
+def _final(ys: PyTree[Array], ts) -> PyTree[Array]:
+    return ys if ts is not None else jtu.tree_map(lambda y: y[-1], ys)
+
+
+def _zero(y0: PyTree[Array]) -> Scalar:
+    return jnp.zeros((), jnp.result_type(*jtu.tree_leaves(y0), float))
+
+
+def resolve_weight(name: str, weight: Any, step: Any) -> Any:
+    """A weight as a number: a float as is, a schedule (``optax.Schedule``, any callable of the step) at ``step``."""
+    if callable(weight):
+        if step is None:
+            raise ValueError(f"{name} is a schedule: pass step= (the training step) to the solve or model call")
+        return weight(step)
+    return weight
+
 
 class AbstractRegularizer(eqx.Module):
-    """How a solve is regularized; ``needs_key`` says whether :func:`regularized_solve` needs a PRNG key."""
+    """How a solve is regularized. Subclasses implement :meth:`solve`; ``needs_key`` (a class attribute or property)
+    says whether it needs a PRNG key.
+
+    A new regularizer, e.g. an endpoint penalty::
+
+        class EndpointL2(AbstractRegularizer):
+            weight: float = 1.0
+
+            def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+                ys, _, stats = config.solve(vector_field, y0, t0, t1, ts=ts, args=args)
+                pen = self.weight * sum(jnp.sum(y**2) for y in jax.tree_util.tree_leaves(ys))
+                zero = jnp.zeros(())
+                return ODEOutput(ys, pen, zero, zero, stats)
+    """
 
     needs_key = False
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        vector_field: Callable,
+        y0: PyTree[Array],
+        t0: Any,
+        t1: Any,
+        *,
+        ts: Array | None,
+        args: Any,
+        config: SolverConfig,
+        key: PRNGKeyArray | None,
+        step: Int[Array, ""] | int | None,
+    ) -> ODEOutput:
+        """Solve ``y' = f(t, y, args)`` from ``t0`` to ``t1`` (saving at ``ts`` if given, else at ``t1``) with the
+        settings in ``config`` and return the :class:`ODEOutput` with this regularizer's penalty. ``key`` is given
+        when ``needs_key``; ``step`` is the training step (for weight schedules) or ``None``."""
 
 
 class NoRegularization(AbstractRegularizer):
     """The unregularized baseline: a plain solve; ``penalty = 0``."""
 
+    def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        ys, h, stats = config.solve(vector_field, y0, t0, t1, ts=ts, args=args)
+        return ODEOutput(ys, h.error, h.error, h.stiffness, stats)
+
 
 class HeuristicRegularization(AbstractRegularizer):
     """``penalty = error_weight * R_E + stiffness_weight * R_S`` (Pal et al. 2021; local variant Pal et al. 2023).
 
-    - ``error_weight``, ``stiffness_weight``: non-negative weights (a zero weight skips recording that heuristic);
+    - ``error_weight``, ``stiffness_weight``: non-negative weights, or schedules ``step -> weight`` (e.g.
+      ``optax.linear_schedule(100.0, 10.0, 1000)`` as in the papers' annealing; pass ``step=`` to the call). A zero
+      float weight skips recording that heuristic; a schedule always records it;
     - ``local``: ``None`` (global sums over the accepted steps; discrete adjoints only), ``"unbiased"`` or
-      ``"biased"`` (local estimates at ``num_samples`` sampled time points; any adjoint; needs a key).
+      ``"biased"`` (local estimates at ``num_samples`` sampled time points; any adjoint; needs a key; see
+      :func:`jaxsciml.ode.solve_with_local_heuristics` for what they estimate).
     """
 
-    error_weight: float = 0.0
-    stiffness_weight: float = 0.0
+    error_weight: float | Callable = 0.0
+    stiffness_weight: float | Callable = 0.0
     local: Literal["unbiased", "biased"] | None = eqx.field(static=True, default=None)
     num_samples: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
-        check_weight("error_weight", self.error_weight)
-        check_weight("stiffness_weight", self.stiffness_weight)
+        for name in ("error_weight", "stiffness_weight"):
+            if not callable(getattr(self, name)):
+                check_weight(name, getattr(self, name))
         if self.local not in (None, "unbiased", "biased"):
             raise ValueError(f"local must be None, 'unbiased' or 'biased', got {self.local!r}")
 
@@ -128,138 +242,24 @@ class HeuristicRegularization(AbstractRegularizer):
     @property
     def heuristics(self) -> tuple[str, ...]:
         out = []
-        if not _is_zero(self.error_weight):
+        if callable(self.error_weight) or not _is_zero(self.error_weight):
             out.append("error")
-        if not _is_zero(self.stiffness_weight):
+        if callable(self.stiffness_weight) or not _is_zero(self.stiffness_weight):
             out.append("stiffness")
         return tuple(out)
 
-
-class RNODE(AbstractRegularizer):
-    """``penalty = kinetic_weight * int ||f||^2 dt + jacobian_weight * int ||eps^T df/dy||^2 dt`` (Finlay et al.)."""
-
-    kinetic_weight: float = 0.01
-    jacobian_weight: float = 0.01
-    needs_key = True
-
-    def __check_init__(self):
-        check_weight("kinetic_weight", self.kinetic_weight)
-        check_weight("jacobian_weight", self.jacobian_weight)
-
-
-class TayNODE(AbstractRegularizer):
-    """``penalty = weight * int ||d^K y/dt^K||^2 / dim dt``, ``K = order >= 2`` by Taylor-mode AD (Kelly et al.)."""
-
-    weight: float = 0.01
-    order: int = eqx.field(static=True, default=2)
-
-    def __check_init__(self):
-        check_weight("weight", self.weight)
-        if not isinstance(self.order, int) or self.order < 1:
-            raise ValueError(f"order must be an int >= 1, got {self.order!r}")
-
-
-class STEER(AbstractRegularizer):
-    """Random end time ``t1' ~ U(t1 - b, t1 + b)`` during training (Ghosh et al.); endpoint solves only."""
-
-    b: float = 0.25
-    needs_key = True
-
-    def __check_init__(self):
-        check_weight("b", self.b)
-
-
-def _is_zero(x: Any) -> bool:
-    try:
-        return float(x) == 0.0
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return False
-
-
-def taylor_derivative(
-    vector_field: Callable[[Scalar, Float[Array, " n"], Any], Float[Array, " n"]],
-    t: Scalar,
-    y: Float[Array, " n"],
-    args: Any,
-    order: int,
-) -> Float[Array, " n"]:
-    """``d^order y / dt^order`` along ``y' = f(t, y)`` at ``(t, y)`` by Taylor-mode AD.
-
-    With ``z = (y, t)`` and ``z' = g(z) = (f(t, y), 1)``, the derivatives satisfy ``z^{(k+1)} = (g(z))^{(k)}``; each
-    ``jet`` call propagates the known ``z', ..., z^{(k)}`` through ``g`` and yields ``z^{(k+1)}``.
-    """
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
-    t = jnp.asarray(t, y.dtype)
-    z0 = jnp.concatenate([y, t[None]])
-
-    def g(z):
-        return jnp.concatenate([vector_field(z[-1], z[:-1], args), jnp.ones((1,), z.dtype)])
-
-    series = [g(z0)]
-    for _ in range(order - 1):
-        _, out = jet.jet(g, (z0,), (list(series),))
-        series.append(out[-1])
-    return series[order - 1][:-1]
-
-
-def _zero_like_time(t: Any) -> Scalar:
-    return jnp.zeros((), jnp.result_type(t, float))
-
-
-def regularized_solve(
-    vector_field: Callable[[Scalar, Array, Any], Array],
-    y0: Float[Array, " n"],
-    t0: float,
-    t1: float,
-    *,
-    ts: Float[Array, " m"] | None = None,
-    args: Any = None,
-    config: SolverConfig = SolverConfig(),
-    regularizer: AbstractRegularizer | None = None,
-    key: PRNGKeyArray | None = None,
-) -> ODEOutput:
-    """Solve ``y' = f(t, y, args)`` from ``t0`` to ``t1`` (saving at ``ts`` if given, else at ``t1``) under
-    ``regularizer`` and return an :class:`ODEOutput` (``y0`` a 1-D array; ``vmap`` for batches).
-
-    ``vector_field`` should be an ``eqx.Module`` (or take its parameters through ``args``) for continuous adjoints
-    such as ``BacksolveAdjoint``.
-    """
-    regularizer = NoRegularization() if regularizer is None else regularizer
-    if not isinstance(regularizer, AbstractRegularizer):
-        raise TypeError(f"regularizer must be an AbstractRegularizer, got {type(regularizer).__name__}")
-    if not isinstance(config, SolverConfig):
-        raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
-    if regularizer.needs_key and key is None:
-        raise ValueError(f"regularizer={type(regularizer).__name__} is random: pass key=")
-    y0 = jnp.asarray(y0)
-    if y0.ndim != 1:
-        raise ValueError(f"y0 must be a 1-D array (vmap over batches), got shape {y0.shape}")
-    saveat = dfx.SaveAt(ts=ts) if ts is not None else dfx.SaveAt(t1=True)
-    common = dict(
-        dt0=config.dt0,
-        stepsize_controller=config.controller,
-        max_steps=config.max_steps,
-        adjoint=config.adjoint,
-        on_max_steps=config.on_max_steps,
-    )
-    zero = _zero_like_time(t0).astype(y0.dtype)
-
-    def _final(ys):
-        return ys if ts is not None else ys[-1]
-
-    if isinstance(regularizer, NoRegularization):
-        sol, _, stats = solve_with_heuristics(
-            vector_field, config.solver, t0, t1, y0, args, saveat=saveat, heuristics=(), **common
+    def weights(self, step: Any = None) -> tuple[Any, Any]:
+        """``(error_weight, stiffness_weight)`` at ``step`` (schedules evaluated)."""
+        return (
+            resolve_weight("error_weight", self.error_weight, step),
+            resolve_weight("stiffness_weight", self.stiffness_weight, step),
         )
-        return ODEOutput(_final(sol.ys), zero, zero, zero, stats)
 
-    if isinstance(regularizer, HeuristicRegularization):
-        heur = regularizer.heuristics
-        if regularizer.local is None:
-            sol, h, stats = solve_with_heuristics(
-                vector_field, config.solver, t0, t1, y0, args, saveat=saveat, heuristics=heur, **common
-            )
+    def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        lam_e, lam_s = self.weights(step)
+        heur = self.heuristics
+        if self.local is None:
+            ys, h, stats = config.solve(vector_field, y0, t0, t1, ts=ts, args=args, heuristics=heur)
         else:
             sol, h, stats = solve_with_local_heuristics(
                 vector_field,
@@ -269,77 +269,200 @@ def regularized_solve(
                 y0,
                 args,
                 key=key,
-                strategy=regularizer.local,
-                num_samples=regularizer.num_samples,
-                saveat=saveat,
+                strategy=self.local,
+                num_samples=self.num_samples,
+                saveat=_saveat(ts),
                 heuristics=heur,
-                **common,
+                **config.solve_kwargs(),
             )
-        penalty = regularizer.error_weight * h.error + regularizer.stiffness_weight * h.stiffness
-        return ODEOutput(_final(sol.ys), penalty, h.error, h.stiffness, stats)
+            ys = _final(sol.ys, ts)
+        penalty = lam_e * h.error + lam_s * h.stiffness
+        return ODEOutput(ys, penalty, h.error, h.stiffness, stats)
 
-    if isinstance(regularizer, STEER):
+
+class RNODE(AbstractRegularizer):
+    """``penalty = kinetic_weight * int ||f||^2 |dt| + jacobian_weight * int ||eps^T df/dy||^2 |dt|`` (Finlay et
+    al.); ``extra = {"kinetic", "jacobian"}``. For PyTree states the norms run over all leaves."""
+
+    kinetic_weight: float = 0.01
+    jacobian_weight: float = 0.01
+    needs_key = True
+
+    def __check_init__(self):
+        check_weight("kinetic_weight", self.kinetic_weight)
+        check_weight("jacobian_weight", self.jacobian_weight)
+
+    def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        leaves, treedef = jtu.tree_flatten(y0)
+        keys = jax.random.split(key, len(leaves))
+        eps = jtu.tree_unflatten(
+            treedef, [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+        )
+        field = _RNODEField(vector_field, eps, _direction(t0, t1))
+        ys, extra, stats = _augmented(field, y0, 2, t0, t1, ts, args, config)
+        out = {"kinetic": extra[0], "jacobian": extra[1]}
+        penalty = self.kinetic_weight * out["kinetic"] + self.jacobian_weight * out["jacobian"]
+        zero = _zero(y0)
+        return ODEOutput(ys, penalty, zero, zero, stats, out)
+
+
+class TayNODE(AbstractRegularizer):
+    """``penalty = weight * int ||d^K y/dt^K||^2 / dim |dt|``, ``K = order >= 2`` by Taylor-mode AD (Kelly et al.);
+    ``extra = {"taylor"}``; ``dim`` is the total size of the state."""
+
+    weight: float = 0.01
+    order: int = eqx.field(static=True, default=2)
+
+    def __check_init__(self):
+        check_weight("weight", self.weight)
+        if not isinstance(self.order, int) or self.order < 1:
+            raise ValueError(f"order must be an int >= 1, got {self.order!r}")
+
+    def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        field = _TayNODEField(vector_field, self.order, _direction(t0, t1))
+        ys, extra, stats = _augmented(field, y0, 1, t0, t1, ts, args, config)
+        zero = _zero(y0)
+        return ODEOutput(ys, self.weight * extra[0], zero, zero, stats, {"taylor": extra[0]})
+
+
+class STEER(AbstractRegularizer):
+    """Random end time ``t1' ~ U(t1 - b, t1 + b)`` during training (Ghosh et al.); endpoint solves only;
+    ``extra = {"t1"}``."""
+
+    b: float = 0.25
+    needs_key = True
+
+    def __check_init__(self):
+        check_weight("b", self.b)
+
+    def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
         if ts is not None:
             raise ValueError("STEER samples the end time: it applies to endpoint solves (ts=None) only")
-        if not _is_zero(regularizer.b) and float(regularizer.b) >= abs(float(t1) - float(t0)):
-            raise ValueError(f"b must be smaller than |t1 - t0| = {abs(float(t1) - float(t0))}, got {regularizer.b}")
+        if not _is_zero(self.b) and float(self.b) >= abs(float(t1) - float(t0)):
+            raise ValueError(f"b must be smaller than |t1 - t0| = {abs(float(t1) - float(t0))}, got {self.b}")
         u = jax.random.uniform(key, (), minval=-1.0, maxval=1.0, dtype=jnp.result_type(float))
-        t_end = t1 + regularizer.b * u
-        sol, _, stats = solve_with_heuristics(
-            vector_field, config.solver, t0, t_end, y0, args, saveat=saveat, heuristics=(), **common
-        )
-        return ODEOutput(_final(sol.ys), zero, zero, zero, stats, {"t1": t_end})
+        t_end = t1 + self.b * u
+        ys, h, stats = config.solve(vector_field, y0, t0, t_end, ts=None, args=args)
+        return ODEOutput(ys, h.error, h.error, h.stiffness, stats, {"t1": t_end})
 
-    if isinstance(regularizer, RNODE):
-        eps = jax.random.normal(key, y0.shape, y0.dtype)
-        return _augmented(_RNODEField(vector_field, eps), y0, 2, t0, t1, ts, args, common, config, _final, regularizer)
 
-    if isinstance(regularizer, TayNODE):
-        field = _TayNODEField(vector_field, regularizer.order)
-        return _augmented(field, y0, 1, t0, t1, ts, args, common, config, _final, regularizer)
+def _is_zero(x: Any) -> bool:
+    try:
+        return float(x) == 0.0
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return False
 
-    raise TypeError(f"unsupported regularizer {type(regularizer).__name__}")
+
+def _direction(t0: Any, t1: Any) -> Scalar:
+    """``sign(t1 - t0)``: integrands times it integrate over ``|dt|``."""
+    return jnp.where(jnp.asarray(t1) < jnp.asarray(t0), -1.0, 1.0)
+
+
+def taylor_derivative(
+    vector_field: Callable[[Scalar, PyTree[Array], Any], PyTree[Array]],
+    t: Scalar,
+    y: PyTree[Array],
+    args: Any,
+    order: int,
+) -> PyTree[Array]:
+    """``d^order y / dt^order`` along ``y' = f(t, y)`` at ``(t, y)`` by Taylor-mode AD (``y`` any PyTree; the result
+    has its structure).
+
+    With ``z = (y, t)`` (flattened) and ``z' = g(z) = (f(t, y), 1)``, the derivatives satisfy
+    ``z^{(k+1)} = (g(z))^{(k)}``; each ``jet`` call propagates the known ``z', ..., z^{(k)}`` through ``g`` and
+    yields ``z^{(k+1)}``.
+    """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    flat, unravel = ravel_pytree(y)
+    t = jnp.asarray(t, flat.dtype)
+    z0 = jnp.concatenate([flat, t[None]])
+
+    def g(z):
+        fz, _ = ravel_pytree(vector_field(z[-1], unravel(z[:-1]), args))
+        return jnp.concatenate([fz.astype(z.dtype), jnp.ones((1,), z.dtype)])
+
+    series = [g(z0)]
+    for _ in range(order - 1):
+        _, out = jet.jet(g, (z0,), (list(series),))
+        series.append(out[-1])
+    return unravel(series[order - 1][:-1])
+
+
+def regularized_solve(
+    vector_field: Callable[[Scalar, PyTree[Array], Any], PyTree[Array]],
+    y0: PyTree[Array],
+    t0: float,
+    t1: float,
+    *,
+    ts: Array | None = None,
+    args: Any = None,
+    config: SolverConfig = SolverConfig(),
+    regularizer: AbstractRegularizer | None = None,
+    key: PRNGKeyArray | None = None,
+    step: Int[Array, ""] | int | None = None,
+) -> ODEOutput:
+    """Solve ``y' = f(t, y, args)`` from ``t0`` to ``t1`` (saving at ``ts`` if given, else at ``t1``) under
+    ``regularizer`` and return an :class:`ODEOutput`.
+
+    ``y0`` is any PyTree of floating arrays (``vmap`` for independent per-sample solves, or solve a batch as one
+    system for a shared step sequence, see :meth:`jaxsciml.ode.NeuralODE.batched`); ``t1 < t0`` integrates backward.
+    ``step`` is the training step, needed when a regularizer weight is a schedule. ``vector_field`` should be an
+    ``eqx.Module`` (or take its parameters through ``args``) for continuous adjoints such as ``BacksolveAdjoint``.
+    Dispatches to ``regularizer.solve`` (:class:`AbstractRegularizer`).
+    """
+    regularizer = NoRegularization() if regularizer is None else regularizer
+    if not isinstance(regularizer, AbstractRegularizer):
+        raise TypeError(f"regularizer must be an AbstractRegularizer, got {type(regularizer).__name__}")
+    if not isinstance(config, SolverConfig):
+        raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
+    if regularizer.needs_key and key is None:
+        raise ValueError(f"regularizer={type(regularizer).__name__} is random: pass key=")
+    y0 = jtu.tree_map(jnp.asarray, y0)
+    if not jtu.tree_leaves(y0):
+        raise ValueError("y0 must contain at least one array")
+    return regularizer.solve(vector_field, y0, t0, t1, ts=ts, args=args, config=config, key=key, step=step)
+
+
+def _sq_norm(tree: PyTree[Array]) -> Scalar:
+    return sum(jnp.sum(jnp.real(x) ** 2) for x in jtu.tree_leaves(tree))
 
 
 class _RNODEField(eqx.Module):
-    """``(y, E_kin, E_jac)' = (f, ||f||^2, ||eps^T df/dy||^2)``."""
+    """``(y, (E_kin, E_jac))' = (f, sign * (||f||^2, ||eps^T df/dy||^2))``, ``sign = sign(t1 - t0)``."""
 
     field: Callable
-    eps: Array
+    eps: PyTree[Array]
+    sign: Array
 
     def __call__(self, t, state, args):
-        y = state[:-2]
+        y, _ = state
         fy, vjp = jax.vjp(lambda yy: self.field(t, yy, args), y)
         (ej,) = vjp(self.eps)
-        return jnp.concatenate([fy, jnp.stack([jnp.sum(fy**2), jnp.sum(ej**2)])])
+        acc = jnp.stack([_sq_norm(fy), _sq_norm(ej)])
+        return fy, (self.sign * acc).astype(acc.dtype)
 
 
 class _TayNODEField(eqx.Module):
-    """``(y, R)' = (f, ||d^K y/dt^K||^2 / dim)``."""
+    """``(y, R)' = (f, sign * ||d^K y/dt^K||^2 / dim)``."""
 
     field: Callable
     order: int = eqx.field(static=True)
+    sign: Array
 
     def __call__(self, t, state, args):
-        y = state[:-1]
+        y, _ = state
         dk = taylor_derivative(self.field, t, y, args, self.order)
-        return jnp.concatenate([self.field(t, y, args), jnp.sum(dk**2)[None] / y.shape[0]])
+        dim = sum(jnp.size(x) for x in jtu.tree_leaves(y))
+        val = _sq_norm(dk) / dim
+        return self.field(t, y, args), (self.sign * val[None]).astype(val.dtype)
 
 
-def _augmented(aug_field, y0, n_extra, t0, t1, ts, args, common, config, _final, regularizer) -> ODEOutput:
-    """Solve the augmented state; the integrals are read at the last save time (``t1``, or ``ts[-1]``)."""
-    state0 = jnp.concatenate([y0, jnp.zeros((n_extra,), y0.dtype)])
-    saveat = dfx.SaveAt(ts=ts) if ts is not None else dfx.SaveAt(t1=True)
+def _augmented(aug_field, y0, n_extra, t0, t1, ts, args, config):
+    """Solve the state ``(y, integrals)``; the integrals are read at the last save time (``t1``, or ``ts[-1]``)."""
+    state0 = (y0, jnp.zeros((n_extra,), jnp.result_type(*jtu.tree_leaves(y0), float)))
     sol, _, stats = solve_with_heuristics(
-        aug_field, config.solver, t0, t1, state0, args, saveat=saveat, heuristics=(), **common
+        aug_field, config.solver, t0, t1, state0, args, saveat=_saveat(ts), heuristics=(), **config.solve_kwargs()
     )
-    ys = sol.ys[..., : y0.shape[0]]
-    final_extra = sol.ys[-1, y0.shape[0] :]
-    zero = jnp.zeros((), y0.dtype)
-    if isinstance(regularizer, RNODE):
-        extra = {"kinetic": final_extra[0], "jacobian": final_extra[1]}
-        penalty = regularizer.kinetic_weight * extra["kinetic"] + regularizer.jacobian_weight * extra["jacobian"]
-    else:
-        extra = {"taylor": final_extra[0]}
-        penalty = regularizer.weight * extra["taylor"]
-    return ODEOutput(_final(ys), penalty, zero, zero, stats, extra)
+    ys, integrals = sol.ys
+    return _final(ys, ts), integrals[-1], stats

@@ -13,11 +13,12 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
-from ._heuristics import HeuristicSolver, HeuristicState
+from ._heuristics import HeuristicSolver, HeuristicState, stiffness_stage_pair
 
 __all__ = [
     "Heuristics",
     "SolveStats",
+    "initial_step_size",
     "solve_with_heuristics",
     "as_terms",
     "check_tolerances",
@@ -44,10 +45,10 @@ class SolveStats(eqx.Module):
     """Statistics of one solve (integer scalars, or arrays under ``vmap``).
 
     - ``num_steps``: steps attempted; ``num_accepted``, ``num_rejected``;
-    - ``num_fevals``: vector-field evaluations of the steps, ``num_steps * fevals_per_step + 1`` for FSAL tableaux
-      (counted from the solver's tableau, rejected steps included; ``-1`` where the solver's cost per step is
-      unknown). The (at most two) evaluations of diffrax's initial step-size selection when ``dt0=None`` are not
-      included;
+    - ``num_fevals``: vector-field evaluations, counted from the solver's tableau: ``num_steps * fevals_per_step``
+      (rejected steps included), ``+ 1`` for the first stage of FSAL tableaux, ``+ 2`` for the automatic initial step
+      (:func:`initial_step_size`, when ``dt0=None``), plus the local steps of local regularization. ``-1`` where the
+      solver's cost per step is unknown (implicit and IMEX solvers, whose cost depends on the Newton iterations);
     - ``hit_max_steps``: whether the solve stopped at ``max_steps`` before reaching ``t1`` (its ``ys`` are then not a
       solution up to ``t1``).
     """
@@ -130,6 +131,10 @@ def fevals_per_step(solver: dfx.AbstractSolver, terms: Any) -> tuple[int, int]:
     """
     inner = solver.solver if isinstance(solver, HeuristicSolver) else solver
     tableau = getattr(inner, "tableau", None)
+    if isinstance(inner, dfx.AbstractImplicitSolver) or (
+        isinstance(tableau, dfx.ButcherTableau) and tableau.a_diagonal is not None
+    ):
+        return -1, 0  # implicit stages: the cost depends on the Newton iterations
     if isinstance(inner, dfx.AbstractRungeKutta) and isinstance(tableau, dfx.ButcherTableau):
         fsal = tableau.fsal and isinstance(terms, dfx.ODETerm)
         return tableau.num_stages - int(fsal), int(fsal)
@@ -140,6 +145,92 @@ def fevals_per_step(solver: dfx.AbstractSolver, terms: Any) -> tuple[int, int]:
 
 def _solver_name(solver: Any) -> str:
     return type(solver).__name__
+
+
+def _ode_rhs(terms: Any) -> Callable | None:
+    """``f(t, y, args)`` of an ODE given as an ``ODETerm`` or a ``MultiTerm`` of ``ODETerm``s (IMEX), else ``None``."""
+    if isinstance(terms, dfx.ODETerm):
+        return terms.vf
+    if isinstance(terms, dfx.MultiTerm) and all(isinstance(t, dfx.ODETerm) for t in terms.terms):
+
+        def rhs(t, y, args):
+            outs = [term.vf(t, y, args) for term in terms.terms]
+            return jtu.tree_map(lambda *xs: sum(xs[1:], xs[0]), *outs)
+
+        return rhs
+    return None
+
+
+def initial_step_size(
+    vector_field: Callable[[Scalar, PyTree[Array], Any], PyTree[Array]],
+    t0: Any,
+    t1: Any,
+    y0: PyTree[Array],
+    args: Any,
+    *,
+    order: int,
+    rtol: Any,
+    atol: Any,
+    norm: Callable[[PyTree], Scalar] | None = None,
+) -> Scalar:
+    """Hairer's automatic initial step size (Hairer, Norsett, Wanner, *Solving ODEs I*, 2nd ed., Sec. II.4), signed
+    like ``t1 - t0``. Costs two evaluations of ``vector_field``; the result carries no gradient.
+
+    With ``sc = atol + rtol |y0|`` and ``||.||`` the controller's norm of ``./sc`` (RMS by default):
+    ``d0 = ||y0||``, ``d1 = ||f(t0, y0)||``; ``h0 = 0.01 d0 / d1`` (``1e-6`` if ``d0`` or ``d1 < 1e-5``);
+    one explicit Euler step ``y1 = y0 + h0 f(t0, y0)``; ``d2 = ||f(t0 + h0, y1) - f(t0, y0)|| / h0``;
+    ``h1 = (0.01 / max(d1, d2))^(1 / (order + 1))`` (``max(1e-6, 1e-3 h0)`` if ``max(d1, d2) <= 1e-15``);
+    ``h = min(100 h0, h1, |t1 - t0|)``. ``order`` is the order ``p`` of the solver (local error ``O(h^(p+1))``).
+    In backward time (``t1 < t0``) this is the step of the mirrored problem ``z'(s) = -f(-s, z)``, negated.
+    """
+    if norm is None:
+        norm = _default_norm()
+    y0 = jax.lax.stop_gradient(y0)
+    dtype = jnp.result_type(*[jnp.asarray(x) for x in jtu.tree_leaves(y0)], jnp.asarray(t0), float)
+    t0 = jnp.asarray(t0, dtype)
+    span = jnp.asarray(t1, dtype) - t0
+    direction = jnp.where(span < 0, -1.0, 1.0).astype(dtype)
+
+    def f(t, y):
+        return jax.lax.stop_gradient(vector_field(t, y, args))
+
+    with jax.numpy_dtype_promotion("standard"):
+        scale = jtu.tree_map(lambda y: atol + rtol * jnp.abs(y), y0)
+
+        def wnorm(tree):
+            return norm(jtu.tree_map(lambda x, s: x / s, tree, scale))
+
+        f0 = f(t0, y0)
+        d0, d1 = wnorm(y0), wnorm(f0)
+        small = (d0 < 1e-5) | (d1 < 1e-5)
+        h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)).astype(dtype)
+        y1 = jtu.tree_map(lambda y, k: y + direction * h0 * k, y0, f0)
+        f1 = f(t0 + direction * h0, y1)
+        d2 = wnorm(jtu.tree_map(lambda a, b: a - b, f1, f0)) / h0
+        dmax = jnp.maximum(d1, d2)
+        h1 = jnp.where(
+            dmax <= 1e-15,
+            jnp.maximum(1e-6, 1e-3 * h0),
+            (0.01 / jnp.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / (order + 1)),
+        )
+        h = jnp.minimum(jnp.minimum(100 * h0, h1), jnp.abs(span))
+    return (direction * h).astype(dtype)
+
+
+def _solver_order(solver: dfx.AbstractSolver, terms: Any) -> int:
+    inner = solver.solver if isinstance(solver, HeuristicSolver) else solver
+    try:
+        order = inner.order(terms)
+    except Exception:  # pragma: no cover - solvers without an ODE order
+        order = None
+    return 1 if order is None else int(order)
+
+
+def _check_finite_y0(y0: PyTree[Array]) -> PyTree[Array]:
+    """``eqx.error_if`` on every leaf: NaN or inf in ``y0`` raises at run time instead of running to ``max_steps``."""
+    return jtu.tree_map(
+        lambda x: eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), "y0 contains NaN or inf (non-finite initial state)"), y0
+    )
 
 
 def solve_with_heuristics(
@@ -165,14 +256,23 @@ def solve_with_heuristics(
 
     The heuristics ``R_E = sum_k ||e_k||_w |h_k|`` and ``R_S = sum_k lambda_k |h_k|`` are accumulated over the
     **accepted** steps by wrapping ``solver`` in :class:`HeuristicSolver` (Pal et al., ICML 2021); ``y``, the
-    controller's decisions and the dense output are exactly those of the plain solve. They are differentiable with
-    the discrete adjoints ``RecursiveCheckpointAdjoint`` (default) and ``DirectAdjoint``; for ``BacksolveAdjoint`` or
-    other continuous adjoints use :func:`jaxsciml.ode.solve_with_local_heuristics`.
+    controller's decisions and the dense output are exactly those of the plain solve with the same ``dt0``. They are
+    differentiable with the discrete adjoints ``RecursiveCheckpointAdjoint`` (default) and ``DirectAdjoint``; for
+    ``BacksolveAdjoint`` or other continuous adjoints use :func:`jaxsciml.ode.solve_with_local_heuristics`.
 
-    **Arguments:** as ``diffrax.diffeqsolve``, plus
+    **Arguments:** as ``diffrax.diffeqsolve`` (``y0`` any PyTree of floating arrays, ``t1 < t0`` allowed), plus
 
     - ``terms``: a vector field ``f(t, y, args)`` (wrapped in ``ODETerm``) or diffrax terms (e.g. an SDE
-      ``MultiTerm``);
+      ``MultiTerm``, or ``MultiTerm(ODETerm(explicit), ODETerm(implicit))`` for IMEX solvers such as ``KenCarp4``);
+    - ``solver``: any diffrax solver. Recording ``"error"`` needs an embedded error estimate (every
+      ``diffrax.AbstractAdaptiveSolver``: explicit, implicit such as ``Kvaerno5``, IMEX such as ``KenCarp4``, SDE);
+      ``"stiffness"`` needs an explicit Runge--Kutta tableau with two stages at the same time (``Tsit5``, ``Dopri5``,
+      ``Dopri8``). With ``heuristics=()`` any solver/controller pair diffrax accepts works (e.g. ``Euler`` +
+      ``StepTo``);
+    - ``dt0``: ``None`` (default) picks the first step by :func:`initial_step_size` (Hairer's estimate from the
+      solver's order and the controller's ``rtol``/``atol``/``norm``; two evaluations, counted in
+      ``SolveStats.num_fevals``) for ODE terms under an adaptive controller. For SDE terms diffrax's fallback is kept
+      (``0.01``; it has no initial-step estimate for SDEs). diffrax 0.7.2 itself always takes ``0.01``;
     - ``stepsize_controller``: default ``PIDController(rtol=1e-3, atol=1e-6)``; its ``rtol``/``atol``/``norm`` define
       the weighted norm of ``R_E`` unless ``rtol``/``atol``/``norm`` are given (required for non-PID controllers,
       e.g. ``StepTo`` when replaying a step sequence);
@@ -180,9 +280,74 @@ def solve_with_heuristics(
       ``SolveStats.hit_max_steps`` tells; the solution is then truncated);
     - ``heuristics``: a subset of ``("error", "stiffness")`` to record (``()`` records nothing and only adds stats).
 
-    **Returns:** ``(sol, Heuristics(error, stiffness), SolveStats(...))``; ``sol.solver_state`` is the final
-    :class:`HeuristicState`.
+    NaN or inf in ``y0`` raises at run time (``eqx.error_if``).
+
+    **Returns:** ``(sol, Heuristics(error, stiffness), SolveStats(...))``; with heuristics recorded
+    ``sol.solver_state`` is the final :class:`HeuristicState`.
     """
+    sol, heur, stats, _ = _solve(
+        terms,
+        solver,
+        t0,
+        t1,
+        y0,
+        args,
+        dt0=dt0,
+        stepsize_controller=stepsize_controller,
+        saveat=saveat,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        on_max_steps=on_max_steps,
+        heuristics=heuristics,
+        rtol=rtol,
+        atol=atol,
+        norm=norm,
+    )
+    return sol, heur, stats
+
+
+def _with_controller_tols(solver: dfx.AbstractSolver, controller: Any) -> dfx.AbstractSolver:
+    """Give an implicit solver's root finder the controller's tolerances where it defers to them (diffrax does this
+    itself, but only when the solver it sees is implicit, not our wrapper)."""
+    if not isinstance(solver, dfx.AbstractImplicitSolver) or not isinstance(
+        controller, dfx.AbstractAdaptiveStepSizeController
+    ):
+        return solver
+    from diffrax._root_finder import use_stepsize_tol
+
+    attrs = [a for a in ("rtol", "atol", "norm") if getattr(solver.root_finder, a) is use_stepsize_tol]
+    if not attrs:
+        return solver
+    return eqx.tree_at(
+        lambda s: tuple(getattr(s.root_finder, a) for a in attrs),
+        solver,
+        tuple(getattr(controller, a) for a in attrs),
+    )
+
+
+def _solve(
+    terms,
+    solver,
+    t0,
+    t1,
+    y0,
+    args=None,
+    *,
+    dt0=None,
+    stepsize_controller=None,
+    saveat=None,
+    max_steps=4096,
+    adjoint=None,
+    on_max_steps="raise",
+    heuristics=("error", "stiffness"),
+    rtol=None,
+    atol=None,
+    norm=None,
+    probe_ts=None,
+):
+    """:func:`solve_with_heuristics` plus ``probe_ts``: times at which the start and size of the accepted step
+    containing them are recorded (returned fourth as ``(probe_t, probe_h)`` in solver time, ``probe_h = 0`` where
+    none was found; ``None`` if not wrapped)."""
     terms = as_terms(terms)
     heuristics = tuple(heuristics)
     for h in heuristics:
@@ -194,6 +359,7 @@ def solve_with_heuristics(
         raise TypeError(f"solver must be a diffrax solver, got {type(solver).__name__}")
     if stepsize_controller is None:
         stepsize_controller = dfx.PIDController(rtol=1e-3, atol=1e-6)
+    adaptive_ctrl = isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
     if isinstance(stepsize_controller, dfx.PIDController):
         rtol = stepsize_controller.rtol if rtol is None else rtol
         atol = stepsize_controller.atol if atol is None else atol
@@ -205,13 +371,14 @@ def solve_with_heuristics(
         )
     if heuristics or isinstance(stepsize_controller, dfx.PIDController):
         check_tolerances(rtol, atol)
-    if not isinstance(solver, dfx.AbstractAdaptiveSolver) and (
-        heuristics or isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController)
-    ):
+    if not isinstance(solver, dfx.AbstractAdaptiveSolver) and (heuristics or adaptive_ctrl):
         raise TypeError(
             f"unsupported solver={_solver_name(solver)}: it has no embedded error estimate. Use an adaptive solver "
-            "such as diffrax.Tsit5, Dopri5, Dopri8, Bosh3 or Heun (or diffrax.HalfSolver(...))."
+            "such as diffrax.Tsit5, Dopri5, Dopri8, Bosh3, Heun, Kvaerno5 or KenCarp4 (or diffrax.HalfSolver(...)); "
+            "fixed-step solvers work with heuristics=() and a fixed controller (e.g. diffrax.StepTo)."
         )
+    if "stiffness" in heuristics:
+        stiffness_stage_pair(solver)
     if on_max_steps not in ("raise", "flag"):
         raise ValueError(f"on_max_steps must be 'raise' or 'flag', got {on_max_steps!r}")
     if not isinstance(max_steps, int) or max_steps <= 0:
@@ -230,27 +397,42 @@ def solve_with_heuristics(
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             raise TypeError(f"y0 must have floating leaves, got dtype {jnp.result_type(leaf)}")
     _check_shapes(terms, t0, y0, args)
+    y0 = _check_finite_y0(y0)
 
-    wrapped = HeuristicSolver(
-        solver,
-        rtol=1.0 if rtol is None else rtol,
-        atol=1.0 if atol is None else atol,
-        norm=norm if norm is not None else _default_norm(),
-        record_error="error" in heuristics,
-        record_stiffness="stiffness" in heuristics,
-    )
+    solver = _with_controller_tols(solver, stepsize_controller)
+    wrap = bool(heuristics) or probe_ts is not None
+    if wrap:
+        run_solver = HeuristicSolver(
+            solver,
+            rtol=1.0 if rtol is None else rtol,
+            atol=1.0 if atol is None else atol,
+            norm=norm if norm is not None else _default_norm(),
+            record_error="error" in heuristics,
+            record_stiffness="stiffness" in heuristics,
+            probe_ts=probe_ts,
+        )
+    else:
+        run_solver = solver
+    extra_evals = 0
+    rhs = _ode_rhs(terms)
+    if dt0 is None and adaptive_ctrl and rhs is not None and rtol is not None and atol is not None:
+        dt0 = initial_step_size(
+            rhs, t0, t1, y0, args, order=_solver_order(solver, terms), rtol=rtol, atol=atol, norm=norm
+        )
+        extra_evals = 2
     if saveat is None:
         saveat = dfx.SaveAt(t1=True)
-    saveat = dfx.SaveAt(
-        subs=saveat.subs,
-        dense=saveat.dense,
-        solver_state=True,
-        controller_state=saveat.controller_state,
-        made_jump=saveat.made_jump,
-    )
+    if wrap:
+        saveat = dfx.SaveAt(
+            subs=saveat.subs,
+            dense=saveat.dense,
+            solver_state=True,
+            controller_state=saveat.controller_state,
+            made_jump=saveat.made_jump,
+        )
     sol = dfx.diffeqsolve(
         terms,
-        wrapped,
+        run_solver,
         t0,
         t1,
         dt0,
@@ -262,13 +444,12 @@ def solve_with_heuristics(
         max_steps=max_steps,
         throw=on_max_steps == "raise",
     )
-    state: HeuristicState = sol.solver_state
     per_step, init_evals = fevals_per_step(solver, terms)
     num_steps = jnp.asarray(sol.stats["num_steps"])
     if per_step < 0:
         nfe = jnp.full_like(num_steps, -1)
     else:
-        nfe = num_steps * per_step + init_evals
+        nfe = num_steps * per_step + init_evals + extra_evals
     stats = SolveStats(
         num_steps=num_steps,
         num_accepted=jnp.asarray(sol.stats["num_accepted_steps"]),
@@ -276,7 +457,16 @@ def solve_with_heuristics(
         num_fevals=nfe,
         hit_max_steps=sol.result == dfx.RESULTS.max_steps_reached,
     )
-    return sol, Heuristics(error=state.error, stiffness=state.stiffness), stats
+    if wrap:
+        state: HeuristicState = sol.solver_state
+        heur = Heuristics(error=state.error, stiffness=state.stiffness)
+        probe = (state.probe_t, state.probe_h)
+    else:
+        dtype = jnp.result_type(*[jnp.asarray(x) for x in jtu.tree_leaves(y0)], float)
+        zero = jnp.zeros((), dtype)
+        heur = Heuristics(error=zero, stiffness=zero)
+        probe = None
+    return sol, heur, stats, probe
 
 
 def _default_norm():

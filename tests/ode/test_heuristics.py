@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsciml.ode import HeuristicSolver, solve_with_heuristics, stiffness_stage_pair
+from jaxsciml.ode import HeuristicSolver, initial_step_size, solve_with_heuristics, stiffness_stage_pair
 from tests.helpers import assert_transformable
 
 
@@ -22,11 +22,18 @@ def _field(mlp):
     return lambda t, y, args: mlp(y)
 
 
+def _dt0(solver, f, y0, t0, t1, ctrl):
+    """The first step solve_with_heuristics takes with dt0=None (Hairer's estimate)."""
+    order = solver.order(dfx.ODETerm(f))
+    return initial_step_size(f, t0, t1, y0, None, order=order, rtol=ctrl.rtol, atol=ctrl.atol)
+
+
 def _replay(solver, f, y0, t0, t1, ctrl, record_stiffness):
     """Re-solve saving every accepted step, then recompute the heuristics step by step with the inner solver."""
     term = dfx.ODETerm(f)
+    dt0 = _dt0(solver, f, y0, t0, t1, ctrl)
     sol = dfx.diffeqsolve(
-        term, solver, t0, t1, None, y0, stepsize_controller=ctrl, saveat=dfx.SaveAt(steps=True), max_steps=4000
+        term, solver, t0, t1, dt0, y0, stepsize_controller=ctrl, saveat=dfx.SaveAt(steps=True), max_steps=4000
     )
     n = int(sol.stats["num_accepted_steps"])
     ts = np.concatenate([[t0], np.asarray(sol.ts[:n])])
@@ -76,8 +83,9 @@ def test_matches_replay_of_accepted_steps(x64, solver, stiff):
         assert float(h.stiffness) > 0
     else:
         assert float(h.stiffness) == 0.0
-    # The wrapper changes nothing about the solve itself.
-    plain = dfx.diffeqsolve(dfx.ODETerm(f), solver, 0.0, 3.0, None, y0, stepsize_controller=ctrl)
+    # The wrapper changes nothing about the solve itself (same first step).
+    dt0 = _dt0(solver, f, y0, 0.0, 3.0, ctrl)
+    plain = dfx.diffeqsolve(dfx.ODETerm(f), solver, 0.0, 3.0, dt0, y0, stepsize_controller=ctrl)
     np.testing.assert_array_equal(np.asarray(sol.ys), np.asarray(plain.ys))
     assert int(plain.stats["num_steps"]) == int(stats.num_steps)
 
@@ -130,7 +138,7 @@ def _accepted_ts(f, solver, y0, ctrl, t1):
         solver,
         0.0,
         t1,
-        None,
+        _dt0(solver, f, y0, 0.0, t1, ctrl),
         y0,
         stepsize_controller=ctrl,
         saveat=dfx.SaveAt(steps=True),
@@ -250,6 +258,10 @@ class TestBadInput:
     def test_solver_without_error_estimate(self):
         with pytest.raises(TypeError, match="solver=Euler"):
             solve_with_heuristics(self.f, dfx.Euler(), 0.0, 1.0, jnp.ones(2))
+        with pytest.raises(TypeError, match="solver=Euler"):  # a fixed controller still needs an error estimate
+            solve_with_heuristics(
+                self.f, dfx.Euler(), 0.0, 1.0, jnp.ones(2), stepsize_controller=dfx.StepTo([0.0, 1.0]), rtol=1, atol=1
+            )
 
     @pytest.mark.parametrize(
         "rtol, atol, name", [(0.0, 1e-6, "rtol"), (1e-3, -1.0, "atol"), (float("nan"), 1e-6, "rtol")]
