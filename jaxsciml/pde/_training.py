@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from ..train import fit
+from ._basis import _float, check_finite
 from ._problem import AbstractProblem
 
 ModelT = TypeVar("ModelT")
@@ -26,8 +27,17 @@ __all__ = [
 ]
 
 
+def _check_batch(params, name: str = "params") -> Array:
+    params = check_finite(_float(params, name), name)
+    if params.ndim < 1:
+        raise ValueError(f"`{name}` must be a batch of parameters (leading batch axis), got a scalar")
+    return params
+
+
 def nsm_predict(model: Callable, problem: AbstractProblem, params: Array) -> Array:
-    """Solution coefficients ``(B, *basis.shape)`` for a batch of parameters (constraints applied)."""
+    """Solution coefficients ``(B, *basis.shape)`` for a batch of parameters (constraints applied; NaN/inf in
+    ``params`` raise at run time)."""
+    params = _check_batch(params)
     raw = jax.vmap(model)(jax.vmap(problem.model_input)(params))
     return jax.vmap(problem.constrain)(raw, params)
 
@@ -39,6 +49,7 @@ def nsm_loss(model: Callable, problem: AbstractProblem, params: Array) -> Array:
 
 def fno_predict(model: Callable, problem: AbstractProblem, params: Array, shape: tuple[int, ...]) -> Array:
     """Solution values ``(B, *shape)`` on the uniform grid of ``shape`` (constraints applied)."""
+    params = _check_batch(params)
     x = jax.vmap(lambda p: problem.grid_input(p, shape))(params)
     raw = jax.vmap(model)(x)
     return jax.vmap(lambda r, p: problem.grid_constrain(r, p, shape))(raw, params)
