@@ -22,10 +22,10 @@ Example (periodic Poisson, ``-Laplace(u) = f``)::
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
 from ._models import FNO, NSM, FourierLayer, SpectralLayer
-from ._navier_stokes import NavierStokes2D, fno_forcing, solve_navier_stokes
+from ._navier_stokes import NavierStokes2D, NavierStokesForced2D, fno_forcing, solve_navier_stokes
 from ._poisson import PoissonDirichlet, PoissonPeriodic, chebyshev_diff_matrix, solve_poisson_dirichlet
 from ._problem import AbstractProblem
-from ._random import gaussian_random_field, grf_spectrum
+from ._random import gaussian_random_field, grf_spectrum, periodic_kernel_spectrum
 from ._reaction_diffusion import ReactionDiffusion, etdrk4_coefficients, solve_reaction_diffusion
 from ._residual import derivative, laplacian, pointwise, product, relative_l2, spectral_loss, squared_norm
 from ._tensor import TensorBasis, as_tensor_basis
@@ -59,9 +59,11 @@ __all__ = [
     "grf_spectrum",
     "laplacian",
     "NavierStokes2D",
+    "NavierStokesForced2D",
     "NSM",
     "nsm_loss",
     "nsm_predict",
+    "periodic_kernel_spectrum",
     "pointwise",
     "PoissonDirichlet",
     "PoissonPeriodic",

@@ -24,7 +24,10 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ._tensor import TensorBasis
 
-__all__ = ["NSM", "FNO", "SpectralLayer", "FourierLayer"]
+__all__ = ["NSM", "FNO", "SpectralLayer", "FourierLayer", "OUTPUT_SCALE"]
+
+OUTPUT_SCALE = 1.0
+"""Default :attr:`NSM.output_scale`."""
 
 
 def _dense(key: PRNGKeyArray, n_in: int, n_out: int, dtype) -> Array:
@@ -100,6 +103,12 @@ class NSM(eqx.Module):
         activation_grid: collocation grid shape for the activation (default: the basis shape).
         key: PRNG key.
         kernel_scale: standard deviation of the initial per-mode weights (default ``1 / width^2``).
+        output_scale: a fixed factor on the network output, before the problem's constraint (the authors' code
+            multiplies by ``1e-3`` in its mollifiers). With Adam every weight moves by about the learning rate per
+            step whatever the gradient's size, so the output's change per step is proportional to this factor: the
+            solutions of the paper's problems are small (periodic Poisson: ``|u| ~ 1e-2``), and at ``1`` the ReLU
+            network at the paper's learning rate overshoots and stalls (measured: 56% error after 1000 steps on
+            periodic Poisson vs 1.96% at ``1e-3``).
     """
 
     basis: TensorBasis
@@ -111,6 +120,7 @@ class NSM(eqx.Module):
     proj2: Array
     activation: Callable[[Array], Array] = eqx.field(static=True)
     activation_grid: tuple[int, ...] = eqx.field(static=True)
+    output_scale: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -126,6 +136,7 @@ class NSM(eqx.Module):
         key: PRNGKeyArray,
         dtype=None,
         kernel_scale: float | None = None,
+        output_scale: float = OUTPUT_SCALE,
     ):
         if not isinstance(basis, TensorBasis):
             raise TypeError(f"`basis` must be a TensorBasis, got {type(basis).__name__}")
@@ -150,6 +161,9 @@ class NSM(eqx.Module):
         self.proj2 = _dense(keys[depth + 2], width, out_channels, dtype)
         self.activation = activation
         self.activation_grid = basis.shape if activation_grid is None else tuple(int(m) for m in activation_grid)
+        if not (isinstance(output_scale, int | float | np.floating) and np.isfinite(output_scale) and output_scale > 0):
+            raise ValueError(f"`output_scale` must be a positive finite number, got {output_scale!r}")
+        self.output_scale = float(output_scale)
 
     def _act(self, v: Array) -> Array:
         return self.basis.apply(self.activation, v, shape=self.activation_grid)
@@ -165,7 +179,7 @@ class NSM(eqx.Module):
         for layer in self.layers:
             v = self._act(layer(v))
         v = self._act(_add_const(_mix(self.proj1, v), self.proj1_bias, d))
-        return _mix(self.proj2, v)
+        return self.output_scale * _mix(self.proj2, v)
 
 
 class FourierLayer(eqx.Module):

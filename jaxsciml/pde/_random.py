@@ -10,7 +10,9 @@ from jaxtyping import Array
 from ._basis import AbstractBasis, Chebyshev, Fourier
 from ._tensor import TensorBasis, as_tensor_basis
 
-__all__ = ["gaussian_random_field", "grf_spectrum"]
+__all__ = ["gaussian_random_field", "grf_spectrum", "periodic_kernel_spectrum"]
+
+_KERNELS = ("squared_exponential", "matern", "periodic")
 
 
 def grf_spectrum(k: np.ndarray, length_scale: float, smoothness: float | None = None) -> np.ndarray:
@@ -28,6 +30,46 @@ def grf_spectrum(k: np.ndarray, length_scale: float, smoothness: float | None = 
     if not smoothness > 0:
         raise ValueError(f"`smoothness` must be > 0 (or None for squared-exponential), got {smoothness!r}")
     return (1.0 + kl**2) ** (-float(smoothness))
+
+
+def periodic_kernel_spectrum(length_scale: float, kmax: int, grid: int | None = None) -> np.ndarray:
+    """Eigenvalues ``lambda_0..lambda_kmax`` of the periodic covariance ``k(d) = exp(-sin^2(pi d) / (2 l^2))``.
+
+    This is the kernel of the NSM paper's parameter distributions (Du et al., ICLR 2024; ``l = 0.2`` for Poisson sources
+    and reaction--diffusion initial conditions, ``0.8`` for Navier--Stokes vorticity). For small ``d`` it is
+    ``exp(-d^2 / (2 (l / pi)^2))``: the effective correlation length is ``l / pi`` (0.064 for ``l = 0.2``). Its Fourier
+    series is ``k(d) = sum_k lambda_k e^{2 pi i k d}`` with ``lambda_k = e^{-a} I_k(a)``, ``a = 1 / (4 l^2)`` (modified
+    Bessel functions), computed here as the DFT of ``k`` on a 1024-point grid (aliasing below 1e-300 for ``l >= 0.05``).
+
+    ``grid=N`` gives the eigenvalues of the ``N x N`` circulant covariance matrix of the field sampled on ``N``
+    equispaced points (the aliased spectrum ``sum_m lambda_{k + m N}``), zero beyond the Nyquist index ``N // 2``:
+    the distribution of the paper's samplers, which draw the field on ``N`` points and interpolate.
+    """
+    if not length_scale > 0:
+        raise ValueError(f"`length_scale` must be > 0, got {length_scale!r}")
+    m = 1024 if grid is None else int(grid)
+    if m < 2:
+        raise ValueError(f"`grid` must be an integer >= 2, got {grid!r}")
+    d = np.arange(m) / m
+    lam = np.real(np.fft.fft(np.exp(-(np.sin(np.pi * d) ** 2) / (2.0 * length_scale**2)))) / m
+    lam = np.maximum(lam[: m // 2 + 1], 0.0)  # symmetric; clip round-off negatives
+    out = np.zeros(kmax + 1)
+    out[: min(kmax, m // 2) + 1] = lam[: kmax + 1]
+    return out
+
+
+def _periodic_axis_var(b: Fourier, length_scale: float, grid: int | None) -> np.ndarray:
+    """Per-coefficient variance along one Fourier axis in the real layout ``[a_0, a_1, b_1, ...]`` (period = domain)."""
+    lam = periodic_kernel_spectrum(length_scale, b.kmax, grid)
+    var = np.zeros(b.n)
+    var[0] = lam[0]
+    for k in range(1, b.kmax + 1):
+        nyquist = grid is not None and 2 * k == grid
+        # a real field sum_k (a_k cos + b_k sin): Var a_k = Var b_k = 2 lambda_k; the Nyquist mode of an even grid is
+        # a cosine only, with variance lambda_{N/2}
+        var[2 * k - 1] = lam[k] if nyquist else 2 * lam[k]
+        var[2 * k] = 0.0 if nyquist else 2 * lam[k]
+    return var
 
 
 def _fourier_std(bases: tuple[Fourier, ...], length_scale, smoothness, zero_mean) -> np.ndarray:
@@ -57,6 +99,8 @@ def gaussian_random_field(
     shape: tuple[int, ...] = (),
     zero_mean: bool = False,
     dtype=None,
+    kernel: str | None = None,
+    grid: int | None = None,
 ) -> Array:
     """Sample coefficients of a stationary Gaussian random field with unit pointwise variance.
 
@@ -73,12 +117,37 @@ def gaussian_random_field(
         smoothness: ``None`` (squared exponential) or a Matern-type exponent.
         shape: leading batch shape.
         zero_mean: drop the constant mode (periodic Poisson sources must integrate to zero).
+        kernel: ``None`` (squared exponential, or Matern when ``smoothness`` is given), ``"squared_exponential"``,
+            ``"matern"`` or ``"periodic"``: the NSM paper's ``exp(-sin^2(pi d / L) / (2 l^2))`` on Fourier axes of
+            period ``L`` (separable over axes, see :func:`periodic_kernel_spectrum`; not normalised further: the
+            pointwise variance is ``k(0) = 1`` up to the modes the basis drops).
+        grid: only for ``kernel="periodic"``: the distribution of the field drawn on ``grid`` equispaced points per
+            axis and interpolated (the paper draws on 16 points for Poisson, 64 for reaction--diffusion and
+            Navier--Stokes); ``None`` for the continuous field truncated to the basis.
 
     Returns:
         Coefficients of shape ``(*shape, *basis.shape)``.
     """
     tb = as_tensor_basis(basis)
     dtype = jnp.result_type(float) if dtype is None else dtype
+    if kernel is not None and kernel not in _KERNELS:
+        raise ValueError(f"`kernel` must be None or one of {_KERNELS}, got {kernel!r}")
+    if kernel == "matern" and smoothness is None:
+        raise ValueError("`kernel='matern'` needs a `smoothness` exponent")
+    if kernel == "squared_exponential":
+        smoothness = None
+    if grid is not None and kernel != "periodic":
+        raise ValueError(f"`grid` is only used with kernel='periodic', got kernel={kernel!r}")
+    if kernel == "periodic":
+        if not all(isinstance(b, Fourier) for b in tb.bases):
+            raise ValueError("kernel='periodic' needs Fourier (periodic) axes only, got " + str(tb.shape))
+        std = np.ones(())
+        for b in tb.bases:
+            std = np.multiply.outer(std, np.sqrt(_periodic_axis_var(b, length_scale, grid)))
+        if zero_mean:
+            std[(0,) * tb.ndim] = 0.0
+        z = jax.random.normal(key, (*shape, *tb.shape), dtype)
+        return z * jnp.asarray(std, dtype)
     if all(isinstance(b, Fourier) for b in tb.bases):
         std = _fourier_std(tb.bases, length_scale, smoothness, zero_mean)
         z = jax.random.normal(key, (*shape, *tb.shape), dtype)

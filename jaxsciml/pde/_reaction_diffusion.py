@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -96,15 +97,25 @@ def solve_reaction_diffusion(
     return jnp.moveaxis(out, 0, -1)
 
 
+def _unit(n: int, dtype) -> Array:
+    """Coefficients of the constant function 1 in a 1-D basis of size ``n``."""
+    return jnp.zeros((n,), dtype).at[0].set(1.0)
+
+
 class ReactionDiffusion(AbstractProblem):
     """``u_t = nu u_xx + rho u (1 - u)``, ``x in [0, 1)`` periodic, ``t in [0, T]``, ``u(x, 0) = u0(x)``.
 
-    Parameters ``u0``: a periodic squared-exponential GRF (length scale ``length_scale``) rescaled to ``[0, 1]``
-    (min-max over its ``nx`` collocation values), as in the NSM paper. Spectral side: ``Fourier(nx) x Chebyshev(nt)``
-    (space x time); NSM inputs are ``u0`` and the time coordinate; the initial condition is built in by the mollifier
-    ``u = u0(x) + t v(x, t)`` (``v``'s top Chebyshev coefficient is dropped so that ``t v`` is exact in the basis); the
-    nonlinearity is evaluated on the 3/2-padded
-    collocation grid. Reference: ETDRK4 pseudo-spectral (:func:`solve_reaction_diffusion`) on ``ref_points`` points with
+    Parameters ``u0`` (default = the NSM paper's distribution, Du et al. ICLR 2024): a Gaussian random field with the
+    periodic kernel ``exp(-sin^2(pi d) / (2 l^2))``, ``l = 0.2`` (:func:`periodic_kernel_spectrum`), drawn on
+    ``ic_grid = 64`` points and interpolated, then min--max normalised to ``[0, 1]`` over those 64 values (the affine
+    map is applied to the coefficients, so the normalisation is exact for any ``nx``). ``kernel="squared_exponential"``
+    gives the smoother ``exp(-d^2 / (2 l^2))`` field (unit variance, min--max over the same points). The paper's
+    settings: ``rho = 5``, ``T = 1``, ``nu in {0.005, 0.01, 0.05, 0.1}`` (:attr:`paper_nus`).
+
+    Spectral side: ``Fourier(nx) x Chebyshev(nt)`` (space x time); NSM inputs are ``u0`` and the time coordinate; the
+    initial condition is built in by the mollifier ``u = u0(x) + t v(x, t)`` (``v``'s top Chebyshev coefficient is
+    dropped so that ``t v`` is exact in the basis); the nonlinearity is evaluated on the 3/2-padded collocation grid.
+    Reference: ETDRK4 pseudo-spectral (:func:`solve_reaction_diffusion`) on ``ref_points`` points with
     ``ref_steps`` steps. Grid side: ``u = u0 + t v`` and second-order central differences in ``x`` (periodic) and ``t``
     (interior times).
     """
@@ -116,6 +127,10 @@ class ReactionDiffusion(AbstractProblem):
     length_scale: float = eqx.field(static=True)
     ref_points: int = eqx.field(static=True)
     ref_steps: int = eqx.field(static=True)
+    kernel: str = eqx.field(static=True)
+    ic_grid: int = eqx.field(static=True)
+
+    paper_nus: ClassVar[tuple[float, ...]] = (0.005, 0.01, 0.05, 0.1)
 
     def __init__(
         self,
@@ -127,6 +142,8 @@ class ReactionDiffusion(AbstractProblem):
         length_scale: float = 0.2,
         ref_points: int = 256,
         ref_steps: int = 400,
+        kernel: str = "periodic",
+        ic_grid: int = 64,
     ):
         self.nu = _check_positive("nu", nu)
         if not math.isfinite(rho):
@@ -137,16 +154,26 @@ class ReactionDiffusion(AbstractProblem):
         self.basis = TensorBasis(Fourier(nx), Chebyshev(nt, (0.0, self.t_final)))
         self.ref_points = int(ref_points)
         self.ref_steps = int(ref_steps)
+        if kernel not in ("periodic", "squared_exponential"):
+            raise ValueError(f"`kernel` must be 'periodic' (the paper's) or 'squared_exponential', got {kernel!r}")
+        if not isinstance(ic_grid, int | np.integer) or ic_grid < 2:
+            raise ValueError(f"`ic_grid` must be an integer >= 2, got {ic_grid!r}")
+        self.kernel = kernel
+        self.ic_grid = int(ic_grid)
 
     @property
     def space(self) -> Fourier:
         return self.basis.bases[0]
 
     def sample(self, key: Array, batch: int) -> Array:
-        g = gaussian_random_field(key, self.space, self.length_scale, shape=(batch,))
-        v = self.space.inverse(g)
+        """``batch`` initial conditions (Fourier coefficients), min--max normalised to ``[0, 1]`` on ``ic_grid``
+        points."""
+        kw = {"kernel": "periodic", "grid": self.ic_grid} if self.kernel == "periodic" else {}
+        g = gaussian_random_field(key, self.space, self.length_scale, shape=(batch,), **kw)
+        x = jnp.asarray(np.arange(self.ic_grid) / self.ic_grid, g.dtype)
+        v = self.space.evaluate(g, x)
         lo, hi = jnp.min(v, -1, keepdims=True), jnp.max(v, -1, keepdims=True)
-        return self.space.forward((v - lo) / (hi - lo))
+        return (g - lo * _unit(self.space.n, g.dtype)) / (hi - lo)
 
     def _lift_ic(self, u0: Array) -> Array:
         """Coefficients of ``u0(x)`` as a (constant-in-t) space-time field."""

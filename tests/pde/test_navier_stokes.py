@@ -48,7 +48,7 @@ def test_space_convergence(x64):
 
 
 def test_problem_residual_and_constraint(x64):
-    prob = pde.NavierStokes2D(nu=1e-2, n=9, nt=5, t_final=0.2)
+    prob = pde.NavierStokes2D(nu=1e-2, n=9, nt=5, t_final=0.2, ref_steps=200)  # unforced
     w0 = prob.sample(jax.random.key(2), 1)[0]
     raw = jax.random.normal(jax.random.key(3), (1, 9, 9, 5))
     w = prob.constrain(raw, w0)
@@ -59,7 +59,8 @@ def test_problem_residual_and_constraint(x64):
     # reference at the Lobatto times -> coefficients; its spectral residual is far below a perturbed one's
     w0g = prob.space.inverse(w0, (32, 32))
     cols = [w0g] + [
-        pde.solve_navier_stokes(w0g, 1e-2, float(t), 40, 2)[..., -1] for t in prob.basis.bases[2].grid()[1:]
+        pde.solve_navier_stokes(w0g, 1e-2, float(t), 40, 2, forcing=None)[..., -1]
+        for t in prob.basis.bases[2].grid()[1:]
     ]
     vals = jnp.stack(cols, -1)
     coef = prob.basis.forward(vals)
@@ -67,7 +68,9 @@ def test_problem_residual_and_constraint(x64):
     # (the floor is the truncation of the advected field to 9 x 9 x 5 coefficients)
     assert float(r_ok) < 0.1 * float(r_bad), (r_ok, r_bad)
     np.testing.assert_allclose(
-        prob.reference(w0, (32, 32, 2))[..., -1], pde.solve_navier_stokes(w0g, 1e-2, 0.2, 200, 2)[..., -1], atol=1e-6
+        prob.reference(w0, (32, 32, 2))[..., -1],
+        pde.solve_navier_stokes(w0g, 1e-2, 0.2, 200, 2, forcing=None)[..., -1],
+        atol=1e-6,
     )
 
 
