@@ -6,6 +6,8 @@ Usage (from the repository root)::
     python benchmarks/run.py --quick    # CI-sized smoke run
     python benchmarks/run.py --only shampoo,nsm --out /tmp/results
     python benchmarks/run.py --summary-only   # rebuild SUMMARY.md and plots from the JSON results already there
+    python benchmarks/run.py --only nsm_authors --authors-path ../Neural-Spectral-Methods \\
+        --authors-python ../venv-nsm/bin/python   # the side-by-side against the authors' code (never by default)
 
 Each benchmark script writes ``<name>.json`` and ``<name>.md``; this runner adds ``SUMMARY.md`` (machine, versions,
 date and every table) and one comparison plot per benchmark (``<name>.png``: every column whose name contains
@@ -29,6 +31,8 @@ if str(ROOT) not in sys.path:
 from benchmarks._common import RESULTS_DIR, machine_info, markdown_table, render_markdown  # noqa: E402
 
 BENCHMARKS = ("ode_regularization", "nsm", "shampoo")
+# Off by default: runs the authors' NSM code from an external checkout in its own environment.
+EXTERNAL = ("nsm_authors",)
 
 
 def _label(row: dict) -> str:
@@ -119,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output directory (default benchmarks/results)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
+        "--authors-path", default=None, help="for nsm_authors: the authors' Neural-Spectral-Methods checkout"
+    )
+    parser.add_argument("--authors-python", default=None, help="for nsm_authors: python of the authors' environment")
+    parser.add_argument(
         "--summary-only",
         action="store_true",
         help="run nothing: rebuild <name>.md, SUMMARY.md and the plots from the <name>.json files in --out",
@@ -126,8 +134,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     for n in names:
-        if n not in BENCHMARKS:
-            raise SystemExit(f"--only: unknown benchmark {n!r}; expected a subset of {BENCHMARKS}")
+        if n not in BENCHMARKS + EXTERNAL:
+            raise SystemExit(f"--only: unknown benchmark {n!r}; expected a subset of {BENCHMARKS + EXTERNAL}")
+        if n in EXTERNAL and not args.summary_only and not (args.authors_path and args.authors_python):
+            raise SystemExit(f"--only {n} needs --authors-path and --authors-python")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -141,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             mod = importlib.import_module(f"benchmarks.{n}")
             t0 = time.perf_counter()
-            mod.main((["--quick"] if args.quick else []) + ["--out", str(out)])
+            extra = (
+                ["--authors-path", args.authors_path, "--authors-python", args.authors_python] if n in EXTERNAL else []
+            )
+            mod.main((["--quick"] if args.quick else []) + ["--out", str(out)] + extra)
             timings.append({"benchmark": n, "wall_s": time.perf_counter() - t0})
         results[n] = json.loads((out / f"{n}.json").read_text())
     size = "quick" if args.quick else ("as recorded in each benchmark's config" if args.summary_only else "default")
