@@ -24,3 +24,80 @@ def test_shampoo_benchmark_quick(tmp_path):
         assert by["shampoo_4bit"]["precond_vs_fp32"] <= 0.25
         # fp32 Shampoo reaches the target loss
         assert isinstance(by["shampoo"]["steps_to_target"], int)
+
+
+def test_peers_skip_with_reason_when_not_importable(monkeypatch):
+    import importlib
+
+    import benchmarks.shampoo_peers as sp
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name.startswith(("optax_shampoo", "psgd_jax")):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(sp.importlib, "import_module", fake)
+    peers = sp.load_peers()
+    assert set(peers) == {"distributed_shampoo", "psgd_kron"}
+    assert all(isinstance(v, str) and "not usable" in v for v in peers.values())
+    assert list(sp.methods(peers)) == ["adamw", "muon", "shampoo", "shampoo_newton"]
+
+
+def test_shampoo_peers_benchmark_quick(tmp_path):
+    from benchmarks.shampoo_peers import main
+
+    payload = main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "shampoo_peers.json").exists() and (tmp_path / "shampoo_peers.md").exists()
+    tables = payload["tables"]
+    key = tables.pop("key_ratios")
+    assert [r["task"] for r in key] == list(tables)
+    for rows in tables.values():
+        by = {r["method"]: r for r in rows}
+        assert {"adamw", "muon", "shampoo", "shampoo_newton"} <= set(by)
+        for peer, status in payload["config"]["peers"].items():
+            assert (peer in by) == (status == "ok")
+        assert by["adamw"]["step_ratio"] == 1.0 and by["adamw"]["state_ratio"] == 1.0
+        for r in rows:
+            assert math.isfinite(r["final_loss"]) and r["step_ms"] > 0 and r["step_ratio"] > 0
+        # Shampoo holds Kronecker statistics and roots on top of the graft and momentum: more state than AdamW
+        assert by["shampoo"]["state_bytes"] > by["adamw"]["state_bytes"]
+        # eigh and coupled-Newton roots are the same preconditioner up to root accuracy (float32 roots make the
+        # trajectories drift apart slowly; a wrong root would not stay within a factor 1.5)
+        a, b = by["shampoo"]["final_loss"], by["shampoo_newton"]["final_loss"]
+        assert max(a, b) <= 1.5 * min(a, b)
+
+
+def test_shampoo_scale_counter_hits_and_misses_the_refresh():
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.shampoo_peers import jaxsciml_shampoo
+    from benchmarks.shampoo_scale import _set_count
+
+    opt = jaxsciml_shampoo(1.0, "eigh", block_size=8)
+    params = {"w": jnp.zeros((8, 16))}
+    g = {"w": jax.random.normal(jax.random.key(0), (8, 16))}
+    update = jax.jit(opt.update)
+    _, s = update(g, opt.init(params), params)
+    _, s = update(g, s, params)  # step 2: no refresh, the statistics have moved on since the step-1 roots
+    roots = lambda st: jax.tree_util.tree_leaves(st[0].roots)
+    _, s_hit = update(g, _set_count(s, 10), params)
+    _, s_miss = update(g, _set_count(s, 11), params)
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(roots(s_miss), roots(s)))
+    assert not all(bool(jnp.allclose(a, b)) for a, b in zip(roots(s_hit), roots(s)))
+
+
+def test_shampoo_scale_benchmark_quick(tmp_path):
+    from benchmarks.shampoo_scale import main
+
+    payload = main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "shampoo_scale.json").exists()
+    for rows in payload["tables"].values():
+        by = {r["method"]: r for r in rows}
+        assert {"shampoo_eigh", "shampoo_newton"} <= set(by)
+        for r in rows:
+            assert r["refresh_s"] > 0 and r["step_ms"] > 0 and r["state_mib"] > 0
+        # both root methods keep the same state (statistics and roots)
+        assert by["shampoo_eigh"]["state_mib"] == by["shampoo_newton"]["state_mib"]
