@@ -5,10 +5,10 @@ and 16 statistics of 1024 x 1024) and each optimizer -- ``jaxsciml.optim.shampoo
 ``"newton"``, and ``distributed_shampoo`` (``optax-shampoo``, skipped with a printed reason when not importable; the
 compatibility aliases of :mod:`benchmarks.shampoo_peers` apply) at the matched settings of
 :mod:`benchmarks.shampoo_peers` -- this times the jitted ``update`` on a step that recomputes every root (refresh) and
-on a step that does not (ordinary), from the same state (a state after 3 updates with random gradients, its step
-counter set to hit or miss the refresh). Methods are interleaved round by round; medians are reported, compile time
-separately. Memory: the state bytes and XLA's compiled-memory analysis of the update (arguments + outputs + temporaries
-- aliased bytes), i.e. the peak the update needs.
+on a step that does not (ordinary), from the same state (a state after 3 non-refresh updates with random gradients,
+its step counter set to hit or miss the refresh). Methods are interleaved round by round; medians are reported,
+compile time separately. Memory: the state bytes and XLA's compiled-memory analysis of the update (arguments +
+outputs + temporaries - aliased bytes), i.e. the peak the update needs.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _peak_bytes(compiled) -> int | None:
         return None
 
 
-def run_shape(shape, opts: dict, repeats: int, block_size: int, log) -> list[dict]:
+def run_shape(shape, opts: dict, repeats: int, refresh_repeats: int, block_size: int, log) -> list[dict]:
     params = {"w": jnp.zeros(shape, jnp.float32)}
     grads = [{"w": jax.random.normal(k, shape, jnp.float32)} for k in jax.random.split(jax.random.key(0), 4)]
     prepared = {}
@@ -66,7 +66,7 @@ def run_shape(shape, opts: dict, repeats: int, block_size: int, log) -> list[dic
         t0 = time.perf_counter()
         compiled = upd.lower(grads[0], opt.init(params), params).compile()
         compile_s = time.perf_counter() - t0
-        s = opt.init(params)
+        s = _set_count(opt.init(params), 1)  # start past the step-1 refresh: the 3 warm-up updates only accumulate
         for g in grads[:3]:
             _, s = compiled(g, s, params)
         block(s)
@@ -76,14 +76,16 @@ def run_shape(shape, opts: dict, repeats: int, block_size: int, log) -> list[dic
         log(f"  {shape} {name}: compiled in {compile_s:.1f} s")
     times = {n: {"refresh": [], "step": []} for n in prepared}
     names = list(prepared)
-    for r in range(repeats):
+    for r in range(max(repeats, refresh_repeats)):
         for n in names[r % len(names) :] + names[: r % len(names)]:
             compiled, s_refresh, s_plain = prepared[n][:3]
-            for kind, s in (("refresh", s_refresh), ("step", s_plain)):
+            kinds = (("refresh", s_refresh),) if r < refresh_repeats else ()
+            kinds += (("step", s_plain),) if r < repeats else ()
+            for kind, s in kinds:
                 t0 = time.perf_counter()
                 block(compiled(grads[3], s, params))
                 times[n][kind].append(time.perf_counter() - t0)
-        log(f"  {shape} round {r + 1}/{repeats} done")
+        log(f"  {shape} round {r + 1} done")
     rows = []
     for n in names:
         compile_s, state_b, peak_b = prepared[n][3:]
@@ -112,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI smoke size (64x128, block 64)")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
-    parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 3; quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="ordinary-step timings (default 5; quick 1)")
+    parser.add_argument("--refresh-repeats", type=int, default=None, help="refresh timings (default 2; quick 1)")
     args = parser.parse_args(argv)
     try:  # single-threaded LAPACK, as the other Shampoo benchmarks
         from threadpoolctl import threadpool_limits
@@ -129,7 +132,8 @@ def _main(args) -> dict:
     log = lambda s: print(s, flush=True)  # noqa: E731
     shapes = QUICK_SHAPES if args.quick else SHAPES
     block_size = 64 if args.quick else 1024
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
+    refresh_repeats = args.refresh_repeats or (1 if args.quick else 2)
     opts = {
         "shampoo_eigh": jaxsciml_shampoo(1.0, "eigh", block_size),
         "shampoo_newton": jaxsciml_shampoo(1.0, "newton", block_size),
@@ -144,15 +148,21 @@ def _main(args) -> dict:
     t0 = time.perf_counter()
     tables = {}
     for shape in shapes:
-        tables[f"{shape[0]}x{shape[1]}"] = run_shape(shape, opts, repeats, block_size, log)
+        tables[f"{shape[0]}x{shape[1]}"] = run_shape(shape, opts, repeats, refresh_repeats, block_size, log)
         load.append(os.getloadavg())
-    total = time.perf_counter() - t0
+        payload = _write(args, tables, shapes, block_size, repeats, refresh_repeats, load, time.perf_counter() - t0, ds)
+    return payload
+
+
+def _write(args, tables, shapes, block_size, repeats, refresh_repeats, load, total, ds) -> dict:
+    """Write the results so far (after every shape, so that a long run leaves its finished shapes behind)."""
     config = dict(
         quick=args.quick,
         shapes=[list(s) for s in shapes],
         block_size=block_size,
         precondition_every=EVERY,
         repeats=repeats,
+        refresh_repeats=refresh_repeats,
         loadavg=[list(x) for x in load],
         total_s=round(total, 1),
         peers={"distributed_shampoo": "ok" if callable(ds) else ds},
@@ -162,7 +172,8 @@ def _main(args) -> dict:
             "## Notes",
             "",
             "- refresh_s: one update that recomputes every root; step_ms: one update that does not; amortised_ms: "
-            f"(refresh + {EVERY - 1} steps) / {EVERY}. Medians over interleaved rounds; compile excluded. "
+            f"(refresh + {EVERY - 1} steps) / {EVERY}. Medians over interleaved rounds ({refresh_repeats} refreshes, "
+            f"{repeats} ordinary steps per method); compile excluded. "
             "BLAS/LAPACK threads limited to 1; XLA's own CPU thread pool as default.",
             "- peak_update_mib: XLA memory analysis of the compiled update (arguments + outputs + temporaries - "
             "aliased); state_mib: optimizer-state bytes.",
