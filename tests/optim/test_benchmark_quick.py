@@ -24,3 +24,96 @@ def test_shampoo_benchmark_quick(tmp_path):
         assert by["shampoo_4bit"]["precond_vs_fp32"] <= 0.25
         # fp32 Shampoo reaches the target loss
         assert isinstance(by["shampoo"]["steps_to_target"], int)
+
+
+def test_peers_skip_with_reason_when_not_importable(monkeypatch):
+    import importlib
+
+    import benchmarks.shampoo_peers as sp
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name.startswith(("optax_shampoo", "psgd_jax")):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(sp.importlib, "import_module", fake)
+    peers = sp.load_peers()
+    assert set(peers) == {"distributed_shampoo", "psgd_kron"}
+    assert all(isinstance(v, str) and "not usable" in v for v in peers.values())
+    assert list(sp.methods(peers)) == ["adamw", "muon", "shampoo", "shampoo_matched"]
+
+
+def test_shampoo_peers_benchmark_quick(tmp_path):
+    from benchmarks.shampoo_peers import main
+
+    payload = main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "shampoo_peers.json").exists() and (tmp_path / "shampoo_peers.md").exists()
+    tables = payload["tables"]
+    key = tables.pop("key_ratios")
+    assert [r["task"] for r in key] == list(tables)
+    for rows in tables.values():
+        by = {r["method"]: r for r in rows}
+        assert {"adamw", "muon", "shampoo", "shampoo_matched"} <= set(by)
+        for peer, status in payload["config"]["peers"].items():
+            assert (peer in by) == (status == "ok")
+        assert by["adamw"]["step_ratio"] == 1.0 and by["adamw"]["state_ratio"] == 1.0
+        for r in rows:
+            assert math.isfinite(r["final_loss"]) and r["step_ms"] > 0 and r["step_ratio"] > 0
+        # Shampoo holds Kronecker statistics and roots on top of the graft and momentum: more state than AdamW
+        assert by["shampoo"]["state_bytes"] > by["adamw"]["state_bytes"]
+        # the matched variant only rescales the learning rate by 1 - 0.9^t <= 1: smaller early steps, and the
+        # same state
+        assert by["shampoo_matched"]["state_bytes"] == by["shampoo"]["state_bytes"]
+
+
+def test_shampoo_scale_counter_hits_and_misses_the_refresh():
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.shampoo_peers import jaxsciml_shampoo
+    from benchmarks.shampoo_scale import _set_count
+
+    opt = jaxsciml_shampoo(1.0, "eigh", block_size=8)
+    params = {"w": jnp.zeros((8, 16))}
+    g = {"w": jax.random.normal(jax.random.key(0), (8, 16))}
+    update = jax.jit(opt.update)
+    _, s = update(g, opt.init(params), params)
+    _, s = update(g, s, params)  # step 2: no refresh, the statistics have moved on since the step-1 roots
+    roots = lambda st: jax.tree_util.tree_leaves(st[0].roots)
+    _, s_hit = update(g, _set_count(s, 10), params)
+    _, s_miss = update(g, _set_count(s, 11), params)
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(roots(s_miss), roots(s)))
+    assert not all(bool(jnp.allclose(a, b)) for a, b in zip(roots(s_hit), roots(s)))
+
+
+def test_shampoo_scale_benchmark_quick(tmp_path):
+    from benchmarks.shampoo_scale import main
+
+    payload = main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "shampoo_scale.json").exists()
+    for rows in payload["tables"].values():
+        by = {r["method"]: r for r in rows}
+        assert {"shampoo_eigh", "shampoo_newton"} <= set(by)
+        for r in rows:
+            assert r["refresh_s"] > 0 and r["step_ms"] > 0 and r["state_mib"] > 0
+        # both root methods keep the same state (statistics and roots)
+        assert by["shampoo_eigh"]["state_mib"] == by["shampoo_newton"]["state_mib"]
+
+
+def test_matched_learning_rate_cancels_the_momentum_bias_correction():
+    """``shampoo_matched`` = plain EMA momentum: its update is ``(1 - beta1^t)`` times the bias-corrected one."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.shampoo_peers import BETA1, jaxsciml_shampoo, undo_bias_correction
+
+    params = {"w": jnp.zeros((8, 16))}
+    grads = [{"w": jax.random.normal(k, (8, 16))} for k in jax.random.split(jax.random.key(1), 3)]
+    plain, matched = jaxsciml_shampoo(1.0, block_size=8), jaxsciml_shampoo(undo_bias_correction, block_size=8)
+    sp, sm = plain.init(params), matched.init(params)
+    for t, g in enumerate(grads, start=1):
+        up, sp = jax.jit(plain.update)(g, sp, params)
+        um, sm = jax.jit(matched.update)(g, sm, params)
+        assert jnp.allclose(um["w"], (1.0 - BETA1**t) * up["w"], rtol=1e-5, atol=1e-7)
