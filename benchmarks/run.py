@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks._common import RESULTS_DIR, machine_info, markdown_table, render_markdown  # noqa: E402
 
-BENCHMARKS = ("ode_regularization", "nsm", "shampoo")
+BENCHMARKS = ("ode_regularization", "nsm", "shampoo", "train_loop")
 
 
 def _label(row: dict) -> str:
