@@ -91,7 +91,7 @@ def _hand_written(loss_fn: Callable, opt: Any, data: Callable, by_key: bool):
     return python_loop, scan
 
 
-def task_mlp(steps: int) -> dict[str, Any]:
+def task_mlp(steps: int, quick: bool = False) -> dict[str, Any]:
     model = eqx.nn.MLP(8, 1, 32, 2, key=jax.random.key(0))
     opt = optax.adam(1e-3)
     base = jax.random.key(1)
@@ -113,9 +113,10 @@ def task_mlp(steps: int) -> dict[str, Any]:
     return {"methods": methods, "config": {"model": "MLP 8-32-32-1", "batch": 64, "optimizer": "adam(1e-3)"}}
 
 
-def task_nsm_poisson(steps: int) -> dict[str, Any]:
-    prob = pde.PoissonPeriodic(n=11)
-    model = pde.NSM(prob.basis, 1, 1, width=16, depth=2, activation=jax.nn.gelu, key=jax.random.key(0))
+def task_nsm_poisson(steps: int, quick: bool = False) -> dict[str, Any]:
+    n, width, depth = (7, 8, 1) if quick else (11, 16, 2)
+    prob = pde.PoissonPeriodic(n=n)
+    model = pde.NSM(prob.basis, 1, 1, width=width, depth=depth, activation=jax.nn.gelu, key=jax.random.key(0))
     opt = optax.adam(1e-3)
     key = jax.random.key(1)
 
@@ -132,7 +133,8 @@ def task_nsm_poisson(steps: int) -> dict[str, Any]:
         "scan": lambda: scan(model, steps, key),
         "train_operator": lambda: pde.train_operator(model, loss_fn, data, steps, key, optimizer=opt),
     }
-    config = {"problem": "PoissonPeriodic(n=11)", "model": "NSM width 16 depth 2", "batch": 16, "optimizer": "adam"}
+    config = {"problem": f"PoissonPeriodic(n={n})", "model": f"NSM width {width} depth {depth}", "batch": 16,
+              "optimizer": "adam(1e-3)"}  # fmt: skip
     return {"methods": methods, "config": config}
 
 
@@ -146,8 +148,8 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(jax.tree_util.tree_leaves(out, is_leaf=lambda x: isinstance(x, dict)))
 
 
-def bench_task(name: str, steps: int, rounds: int) -> list[dict[str, Any]]:
-    spec = TASKS[name](steps)
+def bench_task(name: str, steps: int, rounds: int, quick: bool = False) -> list[dict[str, Any]]:
+    spec = TASKS[name](steps, quick)
     methods: dict[str, Callable[[], Any]] = spec["methods"]
     first, fit_info = {}, {}
     for m, fn in methods.items():
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     for name in TASKS:
-        rows += bench_task(name, steps[name], rounds)
+        rows += bench_task(name, steps[name], rounds, args.quick)
     load_after = os.getloadavg()
     tables: dict[str, list[dict[str, Any]]] = {"runs": rows}
     summary = [
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{tuple(round(x, 2) for x in load_after)}. Medians over {rounds} interleaved rounds, compile excluded "
         "(reported as compile_s). Target: fit <= 1.3x scan."
     )
-    config = {"steps": steps, "rounds": rounds, "tasks": {n: TASKS[n](1)["config"] for n in TASKS}}
+    config = {"steps": steps, "rounds": rounds, "tasks": {n: TASKS[n](1, args.quick)["config"] for n in TASKS}}
     return write_results("train_loop_quick" if args.quick else "train_loop", tables, args.out, notes, config)
 
 

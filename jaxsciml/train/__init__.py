@@ -1,8 +1,10 @@
 """jaxsciml.train: training utilities shared by every pillar.
 
 - [`fit`][jaxsciml.train.fit]: a training loop over `loss_fn(model, batch)` with any optax optimiser, a tqdm bar,
-  a metrics history, periodic evaluation, checkpoint/resume and a NaN/inf guard; returns a
-  [`FitResult`][jaxsciml.train.FitResult].
+  a metrics history, periodic evaluation, checkpoint/resume, a NaN/inf guard (loss, gradients, new parameters and
+  optimiser state) and a time budget; for jittable data it runs many steps per device call (`steps_per_call`,
+  bit-identical whatever its value); returns a [`FitResult`][jaxsciml.train.FitResult] (with the median step time
+  and the compile time apart).
 - [`make_train_step`][jaxsciml.train.make_train_step]: the pure, jit-compiled step `fit` uses.
 - [`Checkpointer`][jaxsciml.train.Checkpointer]: orbax `CheckpointManager` checkpoints of
   `(model, opt_state, step, key, history)`; atomic, validated restores.
