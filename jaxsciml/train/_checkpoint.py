@@ -38,7 +38,7 @@ _TMP_DIR = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 _barrier_ids = itertools.count()
 
 
-class _CorruptCheckpoint(ValueError):
+class CorruptCheckpointError(ValueError):
     """A checkpoint whose files cannot be read or do not verify (as opposed to a template that does not match)."""
 
 
@@ -497,7 +497,7 @@ class Checkpointer:
         for candidate in reversed(steps):
             try:
                 out = self._restore_step(candidate, like_model, like_opt_state)
-            except _CorruptCheckpoint as e:
+            except CorruptCheckpointError as e:
                 skipped.append((candidate, str(e)))
                 continue
             if skipped:
@@ -511,7 +511,7 @@ class Checkpointer:
                     stacklevel=2,
                 )
             return out
-        raise _CorruptCheckpoint(
+        raise CorruptCheckpointError(
             f"no checkpoint in {str(self._directory)!r} verifies: "
             + "; ".join(f"step {s}: {reason}" for s, reason in skipped)
         )
@@ -534,14 +534,14 @@ class Checkpointer:
         return names
 
     def _agreed(self, fn: Any) -> Any:
-        """Run `fn()` on every process; if it raises `_CorruptCheckpoint` on any of them, raise on all of them."""
+        """Run `fn()` on every process; if it raises `CorruptCheckpointError` on any of them, raise on all of them."""
         out, error = None, None
         try:
             out = fn()
-        except _CorruptCheckpoint as e:
+        except CorruptCheckpointError as e:
             error = e
         if not _all_agree(error is None):
-            raise error if error is not None else _CorruptCheckpoint("it failed to verify on another process")
+            raise error if error is not None else CorruptCheckpointError("it failed to verify on another process")
         return out
 
     def _restore_step(
@@ -567,7 +567,7 @@ class Checkpointer:
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
                 return self._manager.restore(step, args=args)["state"]
             except Exception as e:
-                raise _CorruptCheckpoint(f"{where}: its arrays cannot be read ({type(e).__name__}: {e})") from e
+                raise CorruptCheckpointError(f"{where}: its arrays cannot be read ({type(e).__name__}: {e})") from e
 
         state = self._agreed(read_arrays)
 
@@ -585,7 +585,7 @@ class Checkpointer:
                 checks.append(("key", key_meta["sha256"], state["key"]))
             for name, expected, value in checks:
                 if _digest(_host_value(value)) != expected:
-                    raise _CorruptCheckpoint(
+                    raise CorruptCheckpointError(
                         f"{where} is corrupt: leaf `{name}` does not match the sha256 digest stored when it was "
                         "saved (the file was modified or damaged)"
                     )
@@ -611,20 +611,20 @@ class Checkpointer:
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
-            raise _CorruptCheckpoint(f"{where}: its metadata cannot be read ({type(e).__name__}: {e})") from e
+            raise CorruptCheckpointError(f"{where}: its metadata cannot be read ({type(e).__name__}: {e})") from e
         if not isinstance(meta, dict):
-            raise _CorruptCheckpoint(f"{where}: its metadata is missing or not a JSON object")
+            raise CorruptCheckpointError(f"{where}: its metadata is missing or not a JSON object")
         version = meta.get("format_version")
         if version not in _READABLE_VERSIONS:
-            raise _CorruptCheckpoint(
+            raise CorruptCheckpointError(
                 f"{where} was not written by jaxsciml.train.Checkpointer or by an incompatible version "
                 f"(format_version {version!r}, readable: {list(_READABLE_VERSIONS)})"
             )
         missing = [k for k in ("step", "model_spec", "opt_state_spec", "history") if k not in meta]
         if missing:
-            raise _CorruptCheckpoint(f"{where}: its metadata lacks {missing}")
+            raise CorruptCheckpointError(f"{where}: its metadata lacks {missing}")
         if meta["step"] != step or isinstance(meta["step"], bool):
-            raise _CorruptCheckpoint(
+            raise CorruptCheckpointError(
                 f"{where}: its metadata says step {meta['step']!r} but it is stored as step {step}; refusing to "
                 "restore a checkpoint whose step cannot be trusted (a resumed run would skip or repeat batches)"
             )

@@ -9,7 +9,8 @@ over gloo). Every process feeds its own half of the same global batch (`make_bat
 - run B: `fit` for `EVERY` steps into WORKDIR/ckpt_b, then a new `Checkpointer` on that directory and a differently
   initialised template: `fit` resumes to `STEPS`.
 
-It writes the final parameters of both runs and run A's losses to WORKDIR/process_<id>.npz.
+then tries to save a checkpoint whose key differs between the processes (refused). It writes the final parameters,
+losses and keys of both runs and the outcome of that check to WORKDIR/process_<id>.npz.
 """
 
 import os
@@ -68,6 +69,15 @@ def main(port: str, num_processes: int, process_id: int, workdir: str) -> None:
     b = run(STEPS, os.path.join(workdir, "ckpt_b"), seed=99)  # resumes from step EVERY
     assert a.step == b.step == STEPS
 
+    # A host-local leaf that differs between processes (here a per-process key) is refused on every process.
+    with train.Checkpointer(os.path.join(workdir, "ckpt_b")) as ckpt:
+        try:
+            ckpt.save(100, a.model, a.opt_state, jax.random.key(process_id))
+            differing_key_refused = False
+        except ValueError as e:
+            differing_key_refused = "leaf `key`" in str(e) and "different values on different processes" in str(e)
+        assert ckpt.latest_step() == STEPS
+
     def params(model):
         return {f"{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))}
 
@@ -79,6 +89,7 @@ def main(port: str, num_processes: int, process_id: int, workdir: str) -> None:
         loss_b=np.asarray(b.history["loss"]),
         key_a=np.asarray(jax.random.key_data(a.key)),
         key_b=np.asarray(jax.random.key_data(b.key)),
+        differing_key_refused=np.asarray(differing_key_refused),
     )
     print(f"process {process_id}: done, final loss {a.history['loss'][-1]:.6g}", flush=True)
 

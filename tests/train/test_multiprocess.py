@@ -112,6 +112,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, devices4):
     np.testing.assert_array_equal(out[0]["loss_a"], out[0]["loss_b"])
     np.testing.assert_array_equal(out[0]["key_a"], out[0]["key_b"])
     two_process = [out[0][f"a_{i}"] for i in range(n)]
+    assert bool(out[0]["differing_key_refused"])
 
     # One process, 4 fake devices, the same global batches: equal within float tolerance.
     mesh = data_mesh(devices4)
