@@ -83,11 +83,27 @@ def _along(fn: Callable[[Array], Array], x: Array, axis: int) -> Array:
     return jnp.moveaxis(fn(x), -1, axis)
 
 
-def _float(x: ArrayLike) -> Array:
+def _float(x: ArrayLike, name: str = "coeffs") -> Array:
+    """``x`` as a real float32/float64 array; complex and half-precision input is rejected at trace time (the bases
+    hold real coefficients, and ``jnp.fft`` has no float16/bfloat16 kernels)."""
     x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"`{name}` must be real (the bases hold real coefficients [a_0, a_1, b_1, ...] / Chebyshev c_k), got "
+            f"dtype {x.dtype}; pass the real and imaginary parts separately"
+        )
+    if x.dtype in (jnp.float16, jnp.bfloat16):
+        raise TypeError(
+            f"`{name}` has dtype {x.dtype}: spectral transforms need float32 or float64, cast with .astype(jnp.float32)"
+        )
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(float))
     return x
+
+
+def check_finite(x: Array, name: str) -> Array:
+    """``x`` unchanged, with a runtime error (``eqx.error_if``; works under jit/vmap/grad) if it holds NaN or inf."""
+    return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf")
 
 
 class AbstractBasis(eqx.Module):
@@ -153,7 +169,7 @@ class AbstractBasis(eqx.Module):
         return m
 
     def _check_values(self, values: ArrayLike, axis: int) -> tuple[Array, int]:
-        values = _float(values)
+        values = _float(values, "values")
         if values.ndim == 0:
             raise ValueError("`values` must have at least one dimension, got a scalar")
         m = values.shape[axis]
@@ -655,6 +671,16 @@ class Chebyshev(AbstractBasis):
         self.check_coeffs(coeffs, axis)
         if self.n < 3 and bc == "neumann":
             raise ValueError(f"Neumann conditions need a Chebyshev basis with n >= 3, got n={self.n}")
+        rest = tuple(d for i, d in enumerate(coeffs.shape) if i != axis % coeffs.ndim)
+        for side, val in (("left", left), ("right", right)):
+            val = _float(val, side)
+            try:
+                np.broadcast_shapes(jnp.shape(val), rest)
+            except ValueError:
+                raise ValueError(
+                    f"`{side}` (boundary value) must broadcast against the coefficients without axis {axis}, shape "
+                    f"{rest}, got shape {jnp.shape(val)}"
+                ) from None
         tail = rows[:, -2:]
         inv = np.linalg.inv(tail)  # 2x2, invertible for both bc kinds
 

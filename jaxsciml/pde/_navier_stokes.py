@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._basis import Chebyshev, Fourier
+from ._basis import Chebyshev, Fourier, _float, check_finite
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._tensor import TensorBasis
@@ -29,18 +29,6 @@ def fno_forcing(x: Array, y: Array) -> Array:
     """``0.1 (sin(2 pi (x + y)) + cos(2 pi (x + y)))``."""
     s = 2 * jnp.pi * (x + y)
     return 0.1 * (jnp.sin(s) + jnp.cos(s))
-
-
-def _check_real_float(x, name: str) -> Array:
-    """``x`` as a real float32/float64 array, with a clear error for complex, integer-free float16 and other input."""
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"`{name}` must be real, got dtype {x.dtype}")
-    if x.dtype in (jnp.float16, jnp.bfloat16):
-        raise TypeError(f"`{name}` has dtype {x.dtype}; FFTs need float32 or float64 (cast with .astype)")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def _check_nu(nu: float) -> float:
@@ -87,7 +75,7 @@ def solve_navier_stokes(
         raise ValueError(f"`saves` must be an integer >= 2, got {saves!r}")
     if not isinstance(steps, int) or steps < 1 or steps % (saves - 1) != 0:
         raise ValueError(f"`steps` must be a positive multiple of saves - 1 = {saves - 1}, got {steps!r}")
-    w0 = _check_real_float(w0, "w0")
+    w0 = check_finite(_float(w0, "w0"), "w0")
     n = w0.shape[-1]
     if w0.ndim < 2 or w0.shape[-2] != n:
         raise ValueError(f"`w0` must have square trailing shape (N, N), got {w0.shape}")

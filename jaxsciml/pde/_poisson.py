@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._basis import Chebyshev, Fourier
+from ._basis import Chebyshev, Fourier, check_finite
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._tensor import TensorBasis
@@ -117,15 +117,26 @@ class PoissonPeriodic(AbstractProblem):
         return self._fix_gauge(raw[0])
 
     def residual(self, u: Array, params: Array) -> Array:
-        return -self.basis.laplacian(u) - params
+        """``-Laplace(u) - f``; a source with non-zero mean leaves the constant mode of the residual at ``-mean(f)``
+        for every ``u`` (the periodic problem is solvable only for ``int f = 0``, see :meth:`solve`)."""
+        return -self.basis.laplacian(self.basis.check_coeffs(u, "u")) - self.basis.check_coeffs(params, "params")
 
     def _k2(self) -> np.ndarray:
         w1, w2 = (b.wavenumbers() for b in self.basis.bases)
         return w1[:, None] ** 2 + w2[None, :] ** 2
 
     def solve(self, params: Array) -> Array:
-        """Exact solution coefficients (zero mean) for source coefficients ``params``."""
-        f = self.basis.check_coeffs(params, "params")
+        """Exact solution coefficients (in the :attr:`gauge`) for source coefficients ``params`` (batched over leading
+        axes). ``-Laplace(u) = f`` on the torus has a solution only if ``int f dx = 0``: a source whose mean
+        coefficient exceeds ``1e-5 max |f_k|`` raises at run time (``eqx.error_if``), as does NaN/inf."""
+        f = check_finite(self.basis.check_coeffs(params, "params"), "params")
+        mean = jnp.abs(f[..., 0, 0])
+        f = eqx.error_if(
+            f,
+            jnp.any(mean > 1e-5 * jnp.max(jnp.abs(f), axis=(-2, -1))),
+            "PoissonPeriodic.solve: the source `params` has a non-zero mean (coefficient [0, 0]); -Laplace(u) = f "
+            "on the torus is solvable only if int f dx = 0: subtract it, params.at[..., 0, 0].set(0)",
+        )
         k2 = self._k2()
         inv = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0)
         return self._fix_gauge(f * jnp.asarray(inv, f.dtype))
@@ -216,11 +227,11 @@ class PoissonDirichlet(AbstractProblem):
         return self.basis.enforce_bc(u, 1, "dirichlet")
 
     def residual(self, u: Array, params: Array) -> Array:
-        return -self.basis.laplacian(u) - params
+        return -self.basis.laplacian(self.basis.check_coeffs(u, "u")) - self.basis.check_coeffs(params, "params")
 
     def solve(self, params: Array) -> tuple[TensorBasis, Array]:
         """Reference coefficients on the finer basis ``Chebyshev(m) x Chebyshev(m)``, ``m = ref_factor * n``."""
-        f = self.basis.check_coeffs(params, "params")
+        f = check_finite(self.basis.check_coeffs(params, "params"), "params")
         m = self.ref_factor * self.basis.shape[0]
         fine = TensorBasis(Chebyshev(m), Chebyshev(m))
         fv = self.basis.inverse(f, (m, m))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from ._basis import _float, check_finite
 from ._residual import spectral_loss
 from ._tensor import TensorBasis
 
@@ -53,8 +54,15 @@ class AbstractProblem(eqx.Module):
         """Residual coefficients ``basis.shape``."""
 
     def loss(self, u: Array, params: Array) -> Array:
-        """Exact spectral loss of a batch: ``mean_b int R_b^2 dx``."""
-        r = jax.vmap(self.residual)(u, params) if u.ndim > self.basis.ndim else self.residual(u, params)
+        """Exact spectral loss of a batch: ``mean_b int R_b^2 dx`` (NaN/inf in ``params`` raise at run time)."""
+        u = self.basis.check_coeffs(u, "u")
+        params = check_finite(_float(params, "params"), "params")
+        if u.ndim > self.basis.ndim:
+            if params.ndim == 0 or params.shape[0] != u.shape[0]:
+                raise ValueError(f"`params` must have the batch size of `u`, {u.shape[0]}, got shape {params.shape}")
+            r = jax.vmap(self.residual)(u, params)
+        else:
+            r = self.residual(u, params)
         return spectral_loss(r, self.basis)
 
     @abc.abstractmethod

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._basis import Chebyshev, Fourier
+from ._basis import Chebyshev, Fourier, _float, check_finite
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._tensor import TensorBasis
@@ -64,7 +64,9 @@ def solve_reaction_diffusion(
         raise ValueError(f"`saves` must be an integer >= 2, got {saves!r}")
     if not isinstance(steps, int) or steps < 1 or steps % (saves - 1) != 0:
         raise ValueError(f"`steps` must be a positive multiple of saves - 1 = {saves - 1}, got {steps!r}")
-    u0 = jnp.asarray(u0)
+    u0 = check_finite(_float(u0, "u0"), "u0")
+    if u0.ndim < 1 or u0.shape[-1] < 3:
+        raise ValueError(f"`u0` must have a trailing axis of >= 3 grid values, got shape {u0.shape}")
     n = u0.shape[-1]
     k = np.fft.rfftfreq(n, 1.0 / n)
     lin = -nu * (2 * np.pi * k) ** 2
@@ -208,7 +210,7 @@ class ReactionDiffusion(AbstractProblem):
     def reference(self, params: Array, shape: tuple[int, ...]) -> Array:
         mx, mt = shape
         npts = max(self.ref_points, mx)
-        u0 = self.space.inverse(params, npts)
+        u0 = self.space.inverse(check_finite(_float(params, "params"), "params"), npts)
         sol = solve_reaction_diffusion(u0, self.nu, self.rho, self.t_final, self._ref_steps(mt), mt)
         if npts == mx:
             return sol

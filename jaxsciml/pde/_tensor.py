@@ -82,7 +82,7 @@ class TensorBasis(eqx.Module):
 
     def check_coeffs(self, coeffs: ArrayLike, name: str = "coeffs") -> Array:
         """Return ``coeffs`` as a float array, raising ``ValueError`` unless its trailing axes are :attr:`shape`."""
-        c = _float(coeffs)
+        c = _float(coeffs, name)
         if c.ndim < self.ndim or tuple(c.shape[-self.ndim :]) != self.shape:
             kinds = " x ".join(f"{b.kind}({b.n})" for b in self.bases)
             raise ValueError(
@@ -103,7 +103,7 @@ class TensorBasis(eqx.Module):
     @_jit_when_eager
     def forward(self, values: ArrayLike) -> Array:
         """Values on a collocation grid (trailing shape ``(m_1..m_d)``, ``m_i >= n_i``) -> coefficients."""
-        v = _float(values)
+        v = _float(values, "values")
         if v.ndim < self.ndim:
             raise ValueError(f"`values` must have at least {self.ndim} dimensions, got shape {v.shape}")
         for i, b in reversed(list(enumerate(self.bases))):

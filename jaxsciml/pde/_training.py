@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+from ._basis import _float, check_finite
 from ._problem import AbstractProblem
 
 __all__ = [
@@ -25,8 +26,17 @@ __all__ = [
 ]
 
 
+def _check_batch(params, name: str = "params") -> Array:
+    params = check_finite(_float(params, name), name)
+    if params.ndim < 1:
+        raise ValueError(f"`{name}` must be a batch of parameters (leading batch axis), got a scalar")
+    return params
+
+
 def nsm_predict(model: Callable, problem: AbstractProblem, params: Array) -> Array:
-    """Solution coefficients ``(B, *basis.shape)`` for a batch of parameters (constraints applied)."""
+    """Solution coefficients ``(B, *basis.shape)`` for a batch of parameters (constraints applied; NaN/inf in
+    ``params`` raise at run time)."""
+    params = _check_batch(params)
     raw = jax.vmap(model)(jax.vmap(problem.model_input)(params))
     return jax.vmap(problem.constrain)(raw, params)
 
@@ -38,6 +48,7 @@ def nsm_loss(model: Callable, problem: AbstractProblem, params: Array) -> Array:
 
 def fno_predict(model: Callable, problem: AbstractProblem, params: Array, shape: tuple[int, ...]) -> Array:
     """Solution values ``(B, *shape)`` on the uniform grid of ``shape`` (constraints applied)."""
+    params = _check_batch(params)
     x = jax.vmap(lambda p: problem.grid_input(p, shape))(params)
     raw = jax.vmap(model)(x)
     return jax.vmap(lambda r, p: problem.grid_constrain(r, p, shape))(raw, params)
