@@ -109,11 +109,24 @@ def momentum_update(u, mu, t, beta1, nesterov: bool):
     return out, mu
 
 
-def check_real(leaves) -> None:
-    """Kronecker statistics here are real (``G G^T``): complex parameters must be split into real/imaginary parts."""
-    for x in leaves:
-        if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+def check_params(tree, who: str) -> None:
+    """Every leaf must be a real floating-point array; the error names the leaf path.
+
+    Complex leaves: the Kronecker statistics here are real (``G G^T``), so complex parameters must be split into real
+    and imaginary parts. Integer / boolean leaves cannot take a fractional update (it would be silently truncated);
+    keep them out of the optimizer, e.g. with ``optax.masked`` / ``optax.partition`` or as static model fields.
+    ``None`` leaves are empty subtrees and are skipped.
+    """
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        dt = jnp.result_type(x)
+        where = jax.tree_util.keystr(path) or "<root>"
+        if jnp.issubdtype(dt, jnp.complexfloating):
             raise TypeError(
-                f"complex parameters are not supported (got a {jnp.result_type(x)} leaf of shape {jnp.shape(x)}); "
+                f"{who}: complex parameters are not supported (leaf {where} is {dt} of shape {jnp.shape(x)}); "
                 "store them as separate real and imaginary arrays."
+            )
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise TypeError(
+                f"{who}: parameter leaf {where} has dtype {dt} (shape {jnp.shape(x)}); only floating-point leaves can "
+                "be optimized (an update would be truncated). Exclude it, e.g. with optax.masked or optax.partition."
             )

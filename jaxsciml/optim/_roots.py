@@ -6,6 +6,15 @@ input (the optimizers pass float32, or float64 for float64 parameters).
 Damping is *relative*: with ``lambda_max`` the largest eigenvalue of ``A``, the root is taken of
 ``A + epsilon * lambda_max * I``. A matrix whose ``lambda_max`` is zero or non-finite, or whose root comes out
 non-finite, is a *failed* root: the previous root is kept (see :func:`safe_update`).
+
+**No batched LAPACK on CPU.** jaxlib 0.10.0-0.10.2 split the batch of a CPU LAPACK call (``eigh``, ``qr``, ``svd``,
+``cholesky``, ``lu``, triangular solves) into chunks scheduled on XLA's intra-op thread pool and *block* a pool thread
+until they finish. XLA runs independent operations concurrently on that same pool, so two such calls in flight (one
+per block shape in a root refresh, or one per device under ``shard_map``) can occupy every pool thread while waiting
+for chunks that can then never run: a deadlock at 0% CPU (on a 2-core machine, any model with two block shapes).
+A call on a single matrix never schedules chunks, so on CPU :func:`eigh_psd` decomposes a stack one matrix at a time
+(``lax.map``); other platforms keep the batched call (chosen at trace time from ``jax.default_backend()`` or the
+mesh's devices).
 """
 
 from __future__ import annotations
@@ -23,9 +32,36 @@ def _sym(a: Array) -> Array:
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def eigh_psd(a: Float[Array, "N d d"]) -> tuple[Float[Array, "N d"], Float[Array, "N d d"]]:
-    """Symmetric eigendecomposition with eigenvalues clipped at zero (ascending order)."""
-    w, q = jnp.linalg.eigh(_sym(a))
+def _eigh_batched(a: Array) -> tuple[Array, Array]:
+    w, q = jnp.linalg.eigh(a)
+    return w, q
+
+
+def stacked_eigh(
+    a: Float[Array, "N d d"], platform: str | None = None
+) -> tuple[Float[Array, "N d"], Float[Array, "N d d"]]:
+    """``jnp.linalg.eigh`` of a stack of symmetric matrices, never as one batched LAPACK call on CPU.
+
+    On CPU the matrices are decomposed one per call inside ``lax.map`` (see the module docstring: a batched CPU call
+    can deadlock when another one runs concurrently); elsewhere one batched call. Same results either way.
+    ``platform`` is the platform the computation will run on (default: ``jax.default_backend()``, read at trace time).
+    """
+    if a.ndim != 3:
+        raise ValueError(f"`a` must be a stack of matrices (N, d, d), got shape {a.shape}.")
+    platform = jax.default_backend() if platform is None else platform
+    if platform != "cpu":
+        return _eigh_batched(a)
+    if a.shape[0] == 1:
+        w, q = _eigh_batched(a[0])
+        return w[None], q[None]
+    return jax.lax.map(_eigh_batched, a)
+
+
+def eigh_psd(
+    a: Float[Array, "N d d"], platform: str | None = None
+) -> tuple[Float[Array, "N d"], Float[Array, "N d d"]]:
+    """Symmetric eigendecomposition with eigenvalues clipped at zero (ascending order); see :func:`stacked_eigh`."""
+    w, q = stacked_eigh(_sym(a), platform)
     return jnp.maximum(w, 0.0), q
 
 
@@ -42,9 +78,11 @@ def root_from_eigh(
     return root, ok
 
 
-def eigh_inverse_root(a: Float[Array, "N d d"], exponent: float, epsilon) -> tuple[Array, Array]:
+def eigh_inverse_root(
+    a: Float[Array, "N d d"], exponent: float, epsilon, platform: str | None = None
+) -> tuple[Array, Array]:
     """Inverse root ``(A + eps lambda_max I)^(-exponent)`` by symmetric eigendecomposition."""
-    w, q = eigh_psd(a)
+    w, q = eigh_psd(a, platform)
     return root_from_eigh(w, q, exponent, epsilon)
 
 
@@ -106,6 +144,13 @@ def newton_inverse_root(
     x, err = jax.vmap(one)(x0, m0)
     ok = ok0 & jnp.all(jnp.isfinite(x), axis=(-2, -1)) & (err < 0.1)
     return _sym(x), ok
+
+
+def target_platform(mesh: Mesh | None) -> str:
+    """Platform the root computations will run on: the mesh's devices, else ``jax.default_backend()``."""
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
 
 
 def safe_update(new: Array, ok: Array, old: Array) -> Array:

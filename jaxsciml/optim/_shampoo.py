@@ -37,7 +37,15 @@ from ._blocking import (
     to_blocks,
 )
 from ._quant import QuantizedMatrix, bjorck, dequantize, quantize
-from ._roots import eigh_inverse_root, eigh_psd, grouped_map, newton_inverse_root, root_from_eigh, safe_update
+from ._roots import (
+    eigh_inverse_root,
+    eigh_psd,
+    grouped_map,
+    newton_inverse_root,
+    root_from_eigh,
+    safe_update,
+    target_platform,
+)
 
 STATIC_ARGS = (
     "block_size",
@@ -326,10 +334,10 @@ def scale_by_shampoo(
         return float(exponent_override) if exponent_override is not None else 1.0 / (2 * plan.order)
 
     def init_fn(params):
+        C.check_params(params, "scale_by_shampoo")
         leaves = jax.tree_util.tree_leaves(params)
         plans = plans_of(leaves)
         stats, roots, eigvals, eigvecs, gacc, mus = [], [], [], [], [], []
-        C.check_real(leaves)
         for x, plan in zip(leaves, plans):
             dt = C.compute_dtype(x.dtype)
             if plan.kind == "block":
@@ -374,7 +382,7 @@ def scale_by_shampoo(
             if root_method == "eigh":
 
                 def fn(s, old, eps, p=p):
-                    r, ok = eigh_inverse_root(s, p, eps)
+                    r, ok = eigh_inverse_root(s, p, eps, target_platform(mesh))
                     return (safe_update(r, ok, old),)
 
             else:
@@ -413,7 +421,7 @@ def scale_by_shampoo(
                     idx.append((li, m))
 
             def fn(a):
-                w, q = eigh_psd(a)
+                w, q = eigh_psd(a, target_platform(mesh))
                 return w, q
 
             outs = grouped_map(fn, items, mesh, mesh_axis)
@@ -446,6 +454,7 @@ def scale_by_shampoo(
 
     def update_fn(updates, state, params=None):
         del params
+        C.check_params(updates, "scale_by_shampoo (updates)")
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         plans = plans_of(leaves)
         finite = C.tree_all_finite(leaves)

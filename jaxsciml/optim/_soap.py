@@ -26,7 +26,7 @@ from jaxtyping import Array, Int
 
 from . import _common as C
 from ._blocking import BlockPlan, from_blocks, make_plan, mode_gram, mode_product, to_blocks
-from ._roots import eigh_psd, grouped_map, safe_update
+from ._roots import eigh_psd, grouped_map, safe_update, target_platform
 
 
 class SoapState(NamedTuple):
@@ -88,9 +88,9 @@ def scale_by_soap(
         return [make_plan(jnp.shape(x), block_size, merge_small_dims, max_dim) for x in leaves]
 
     def init_fn(params):
+        C.check_params(params, "scale_by_soap")
         leaves = jax.tree_util.tree_leaves(params)
         stats, bases, mu, nu = [], [], [], []
-        C.check_real(leaves)
         for x, plan in zip(leaves, plans_of(leaves)):
             dt = C.compute_dtype(x.dtype)
             mu.append(jnp.zeros(jnp.shape(x), dt))
@@ -114,7 +114,7 @@ def scale_by_soap(
                 idx.append((li, m))
 
         def fn(s, old):
-            _, q = eigh_psd(s)
+            _, q = eigh_psd(s, target_platform(mesh))
             ok = jnp.all(jnp.isfinite(q), axis=(-2, -1))
             return (safe_update(q, ok, old),)
 
@@ -125,6 +125,7 @@ def scale_by_soap(
 
     def update_fn(updates, state, params=None):
         del params
+        C.check_params(updates, "scale_by_soap (updates)")
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         plans = plans_of(leaves)
         finite = C.tree_all_finite(leaves)
