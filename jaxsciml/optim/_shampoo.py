@@ -273,18 +273,38 @@ def scale_by_shampoo(
     **Non-finite gradients** (any NaN/inf in the whole tree): the step is skipped -- statistics, accumulators, momentum
     and ``count`` are unchanged, ``skipped`` is incremented and the returned update is zero.
 
-    **4-bit** (``quantize_eigenvectors=True``; Wang et al. 2024): each statistic is stored as full-precision
-    eigenvalues and 4-bit Linear-2 quantized eigenvectors (:mod:`jaxsciml.optim._quant`, chunks of
-    ``quant_block_size``); the dequantized eigenvectors are re-orthogonalised by ``bjorck_iters`` Björck steps and the
-    root ``V diag((lambda + eps lambda_max)^{-p}) V^T`` is rebuilt every step. As in the paper's Algorithm 3, the full
-    statistic ``beta2 V Lambda V^T + c G G^T`` is formed and re-decomposed only at root-refresh steps; in between,
-    the gradient enters through its diagonal in the current eigenbasis, ``lambda <- beta2 lambda + c diag(V^T G G^T
-    V)`` (an eigenvalue correction, our addition).
+    **4-bit** (``quantize_eigenvectors=True``; Wang et al. 2024). Eigenvector matrices are stored with 4-bit
+    Linear-2 codes (:mod:`jaxsciml.optim._quant`, per-chunk scales over ``quant_block_size`` entries); after
+    dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Two schedules (``four_bit_mode``):
+
+    - ``"roots"`` (default; the paper's use of quantization on fp32 Shampoo's schedule): the statistics are exactly
+      those of fp32 Shampoo; at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
+      full-precision eigenvalues ``(w + eps w_max)^(-p)`` ``(num_blocks, b)`` and 4-bit eigenvectors ``V``; every step
+      uses ``V~ diag(.) V~^T`` with ``V~`` the rectified dequantized ``V``. Updates equal fp32 Shampoo's up to the
+      eigenvector quantization error (a few percent per step); the fp32 ``(b, b)`` root is replaced by ``~b^2 / 2``
+      bytes, so the preconditioner state is a bit more than half of fp32 Shampoo's.
+    - ``"eigenvalue_tracking"`` (smallest state, about 1/7 of fp32): the *statistics* themselves are held as
+      full-precision eigenvalues and 4-bit eigenvectors. At refresh steps (paper's Algorithm 3) the statistic
+      ``beta2 V Lambda V^T + c G G^T`` is formed and re-decomposed; in between, the gradient enters only through its
+      diagonal in the current eigenbasis, ``lambda <- beta2 lambda + c diag(V^T G G^T V)`` (our addition), and the
+      root is rebuilt from ``(lambda, V)`` every step. A different algorithm from fp32 Shampoo: updates differ from it
+      by tens of percent per step.
 
     **New Perspective** (Morwani et al. 2024): ``power_iterations = n > 1`` keeps ``n`` levels of statistics; level
     ``l`` accumulates ``G_(i) (G x_{j!=i} F_j)_(i)^T`` with the trace-normalised factors ``F_j`` of level ``l - 1``
     (level 0 is Shampoo's ``G G^T``), an online version of power iteration towards the best Kronecker approximation
     of ``sum g g^T``; the last level is preconditioned. Combine with ``exponent_override=0.5`` for Shampoo^2.
+
+    **Health**: ``root_fallbacks`` counts matrices whose new root failed and fell back (summed over refreshes),
+    ``nonfinite_statistics`` the steps after which a statistic held inf/NaN (e.g. ``G G^T`` overflowed for a huge
+    finite gradient); read both with :func:`jaxsciml.optim.health`.
+
+    **New Perspective with blocking**: the trace normalisation of level ``l - 1`` factors uses each block's real
+    (unpadded) size, so zero-padded edge blocks behave exactly like ragged blocks.
+
+    CPU and threads: on CPU every eigendecomposition is one LAPACK call on a single matrix (a stack is looped with
+    ``lax.map``): jaxlib 0.10.0-0.10.2 parallelise batched CPU LAPACK calls in a way that deadlocks when two run at
+    once (see :mod:`jaxsciml.optim._roots`). Other platforms use one batched call per block shape.
 
     Performance note (CPU): jax's CPU ``eigh`` runs LAPACK through scipy's OpenBLAS; on a busy machine its threads
     can make one 128x128 decomposition take 100x longer than single-threaded. Setting ``OPENBLAS_NUM_THREADS=1``
@@ -306,6 +326,7 @@ def scale_by_shampoo(
         max_preconditioner_dim: leaves with a larger block dim use the diagonal fallback.
         power_iterations: New-Perspective levels (1 = Shampoo).
         quantize_eigenvectors: 4-bit eigenvector state.
+        four_bit_mode: ``"roots"`` (default) or ``"eigenvalue_tracking"``; see **4-bit** above.
         quant_block_size: quantization chunk length along each eigenvector.
         bjorck_iters: Björck steps after dequantization.
         newton_iters: maximal coupled-Newton iterations.

@@ -10,8 +10,14 @@ For every block ``G`` (same blocking as :func:`jaxsciml.optim.scale_by_shampoo`)
     N'  =  (M' / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     u   =  N' x_1 Q_1 ... x_k Q_k                 (rotate back)
 
-Scalars/vectors use Adam. Bases are refreshed by a batched symmetric eigendecomposition (the SOAP paper uses one step
-of QR power iteration; eigh is exact), spread over a device mesh when one is given; a non-finite basis keeps the old.
+Step 1 only accumulates the statistics and computes the first bases; its update is zero and the moments are left
+untouched (as in the reference implementation: the basis of ``G_1`` applied to ``G_1`` itself makes ``G'`` diagonal up
+to round-off, which Adam's normalisation inflates to full size: in float32 a first update 50-100x too large). Adam's
+step count is ``t - 1`` from then on, and its bias corrections are computed in the parameters' precision.
+
+Scalars/vectors use Adam (with the same zero first step). Bases are refreshed by a symmetric eigendecomposition (the
+SOAP paper uses one step of QR power iteration; eigh is exact; on CPU one matrix per LAPACK call, see
+:mod:`jaxsciml.optim._roots`), spread over a device mesh when one is given; a non-finite basis keeps the old.
 """
 
 from __future__ import annotations
@@ -76,7 +82,12 @@ def scale_by_soap(
             ``precondition_every`` steps after.
         mesh, mesh_axis: spread the batched eigendecompositions over this mesh axis.
 
-    Non-finite gradients skip the step (state unchanged, ``skipped`` incremented, zero update).
+    Non-finite gradients skip the step (state unchanged, ``skipped`` incremented, zero update). ``root_fallbacks``
+    counts eigenbases whose refresh failed (non-finite statistic or result: the old basis is kept) and
+    ``nonfinite_statistics`` the steps after which a statistic held inf/NaN; see :func:`jaxsciml.optim.health`.
+
+    References: Vyas et al., *SOAP: Improving and Stabilizing Shampoo using Adam* (2024); George et al., *Fast
+    Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis* (EKFAC, 2018).
     """
     block_size = C.static_int("block_size", block_size, allow_none=True)
     every = C.static_int("precondition_every", precondition_every)
