@@ -372,7 +372,9 @@ def _curve(losses: np.ndarray, final: float, smooth: int) -> np.ndarray:
     return np.insert(curve, 0, np.nan)  # index = number of steps taken
 
 
-def run_task(name: str, quick: bool, lrs: Sequence[float], repeats: int, peers: dict, log) -> list[dict]:
+def run_task(
+    name: str, quick: bool, lrs: Sequence[float], repeats: int, peers: dict, log, only: Sequence[str] | None = None
+) -> list[dict]:
     t = TASKS[name](quick)
     params, target, steps = t["params"], t["target"], t["steps"]
     loss = t["loss"]
@@ -382,6 +384,8 @@ def run_task(name: str, quick: bool, lrs: Sequence[float], repeats: int, peers: 
     metric_fn = jax.jit(metric_fn)
     rows, chunks = [], {}
     for mname, opt in methods(peers).items():
+        if only is not None and mname not in only and mname != "adamw":
+            continue
         train, chunk = make_runner(opt, batch_loss, loss, steps)
         t0 = time.perf_counter()
         block(train(params, jnp.float32(lrs[0])))
@@ -530,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 10; quick 2)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (adamw always runs)")
     parser.add_argument("--name", default="shampoo_peers", help="result file name (for a part of the tasks)")
     parser.add_argument("--no-check", action="store_true", help="skip the matched_check table")
     parser.add_argument(
@@ -559,26 +564,33 @@ def _main(args) -> dict:
     tasks = args.tasks.split(",") if args.tasks else (["char_lm"] if quick else list(TASKS))
     lrs = QUICK_LRS if quick else LRS
     repeats = args.repeats or (2 if quick else 10)
+    only = args.methods.split(",") if args.methods else None
     load = [os.getloadavg()]
     t0 = time.perf_counter()
     tables = {}
     for name in tasks:
         log(f"task {name}")
-        tables[name] = run_task(name, quick, lrs, repeats, peers, log)
+        tables[name] = run_task(name, quick, lrs, repeats, peers, log, only)
         load.append(os.getloadavg())
-    total = time.perf_counter() - t0
+        payload = _write(args, tables, [], peers, lrs, repeats, load, time.perf_counter() - t0)  # partial results
     check = [] if quick or args.no_check else matched_check(peers)
-    tables = {"key_ratios": key_rows(tables), **({"matched_check": check} if check else {}), **tables}
-    versions = {}
+    if check:
+        payload = _write(args, tables, check, peers, lrs, repeats, load, time.perf_counter() - t0)
+    return payload
+
+
+def _write(args, tables, check, peers, lrs, repeats, load, total) -> dict:
     import importlib.metadata as md
 
+    tables = {"key_ratios": key_rows(tables), **({"matched_check": check} if check else {}), **tables}
+    versions = {}
     for pkg in ("optax-shampoo", "psgd-jax", "optax"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "not installed"
     config = dict(
-        quick=quick,
+        quick=args.quick,
         lr_grid=list(lrs),
         precondition_every=EVERY,
         block_size=BLOCK,
@@ -586,7 +598,7 @@ def _main(args) -> dict:
         beta2=BETA2,
         epsilon=EPS,
         graft_epsilon=GRAFT_EPS,
-        tasks=tasks,
+        tasks=[n for n in tables if n not in ("key_ratios", "matched_check")],
         repeats=repeats,
         peers={k: ("ok" if callable(v) else v) for k, v in peers.items()},
         peer_versions=versions,
