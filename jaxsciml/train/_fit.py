@@ -202,6 +202,22 @@ def _depends_on_input(closed: Any) -> bool:
     return any(not isinstance(v, jax.extend.core.Literal) and v in dep for v in jaxpr.outvars)
 
 
+def _trace_depends(data: Callable[[Any], Any], arg: jax.ShapeDtypeStruct) -> bool:
+    """Trace ``data`` on an abstract ``arg`` (raises if it does not trace); whether its output depends on ``arg``."""
+    return _depends_on_input(jax.make_jaxpr(data)(arg))
+
+
+_trace_depends_cache = functools.lru_cache(maxsize=32)(_trace_depends)
+
+
+def _cached_depends(data: Callable[[Any], Any], arg: jax.ShapeDtypeStruct) -> bool:
+    """``_trace_depends`` memoised (tracing costs milliseconds, a lot for a short ``fit`` of a small model)."""
+    try:
+        return _trace_depends_cache(data, arg)
+    except TypeError:  # unhashable data
+        return _trace_depends(data, arg)
+
+
 def _stack_batches(data: Any) -> Any:
     """A list/tuple of same-structure, same-shape array batches stacked along a new leading axis (or ``None``)."""
     if not isinstance(data, list | tuple) or not data:
@@ -338,7 +354,7 @@ def _chunk_plan(
         mode = _data_mode(data, data_arg, key)
         arg = jax.random.split(key)[1] if mode == "key" else jnp.asarray(step)
         try:
-            closed = jax.make_jaxpr(data)(arg)
+            depends = _cached_depends(data, jax.ShapeDtypeStruct(arg.shape, arg.dtype))
         except Exception as e:  # noqa: BLE001 -- any failure to trace means: call it from Python
             refuse(f"`data` could not be traced ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             if steps_per_call is None:
@@ -350,7 +366,7 @@ def _chunk_plan(
                     stacklevel=3,
                 )
             return None
-        if not _depends_on_input(closed):
+        if not depends:
             refuse(f"`data({mode})` does not depend on its argument (it would be traced once into a constant)")
             if steps_per_call is None:
                 warnings.warn(

@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
+
 from benchmarks.train_loop import main
 
 
+@pytest.mark.slow  # compiles 7 training loops (about a minute on 2 idle cores)
 def test_benchmark_quick(tmp_path):
     out = main(["--quick", "--rounds", "1", "--out", str(tmp_path)])
     assert (tmp_path / "train_loop_quick.json").exists() and (tmp_path / "train_loop_quick.md").exists()
