@@ -20,6 +20,7 @@ import optax
 from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
+from ..optim import health as optim_health
 from ._checkpoint import Checkpointer
 from ._checks import _NONFINITE_FIT, check_count, check_loss_fn, check_max_time, check_nonfinite, check_optimizer
 from ._step import TrainStep, make_train_step, step_body
@@ -50,6 +51,9 @@ class FitResult:
       time equally) and one list per scalar leaf of `aux` (named by its dict keys/attributes joined by `/`, or
       `"aux"` for a scalar aux). Per evaluation: `"eval_step"` (completed steps when evaluated) and `"eval_<name>"`
       (or `"eval"` for a scalar `eval_fn`). `"nonfinite_steps"`: steps whose update was skipped because of NaN/inf.
+      With a `jaxsciml.optim` Shampoo/SOAP state in the optimiser, at each chunk boundary: `"health_step"` and the
+      counters of [`jaxsciml.optim.health`][] (`"root_fallbacks"`, `"nonfinite_statistics"`), with a warning when one
+      grows.
     - `wall_s`: wall seconds of this `fit` call (restoring, compiling, evaluating and checkpointing included).
     - `compile_s`: seconds of it spent tracing and compiling (as reported by `jax.monitoring`).
     - `step_s`: median seconds per training step in this call, compilation excluded (`nan` if no step ran).
@@ -546,6 +550,26 @@ def fit(
             history.setdefault(name, []).append(value)
 
     step_times: list[float] = []
+    last_health: dict[str, int] = {}
+
+    def note_health() -> None:
+        """Record the optimiser's own health counters (Shampoo/SOAP root fallbacks, non-finite statistics; see
+        `jaxsciml.optim.health`) at a chunk boundary, and warn when one has grown since the last record."""
+        counters = {k: int(v) for k, v in jax.device_get(optim_health(opt_state)).items()}
+        if not counters:
+            return
+        history.setdefault("health_step", []).append(step)
+        for name, value in counters.items():
+            history.setdefault(name, []).append(value)
+            grown = value - last_health.get(name, 0)
+            if grown > 0:
+                warnings.warn(
+                    f"the optimiser reports {grown} new {name.replace('_', ' ')} by step {step} ({value} in all): "
+                    "a statistic overflowed or an inverse root failed, so the previous root is being kept",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        last_health.update(counters)
 
     def record(first: int, losses: Any, oks: Any, auxs: dict[str, Any], seconds: float, depth: int) -> None:
         """Append ``len(losses)`` steps starting at ``first`` to the history; handle the non-finite ones (warnings
@@ -661,6 +685,8 @@ def fit(
                     if is_ok:
                         model, opt_state = new_model, new_opt_state
             if step == stop_at:
+                flush()
+                note_health()
                 if eval_fn is not None and eval_every and step % eval_every == 0:
                     evaluate()
                     last_eval = step
@@ -668,6 +694,8 @@ def fit(
                     checkpointer.save(step, model, opt_state, key, history, wait=False)
                     saved_step = step
         flush()
+        if not history.get("health_step") or history["health_step"][-1] != step:
+            note_health()
         if eval_fn is not None and last_eval != step:
             evaluate()
         if checkpointer is not None and saved_step != step:

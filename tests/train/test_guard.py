@@ -3,6 +3,8 @@
 The guard covers the loss, the gradients, and the *new* parameters and optimiser state (a finite but huge gradient
 overflows the second-moment statistics of Adam and Shampoo); it holds inside fit's multi-step device calls."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -166,3 +168,31 @@ def test_state_entries_that_start_non_finite_are_allowed():
     opt = optax.chain(ADAM, optax.contrib.reduce_on_plateau(patience=2))
     res = fit(make_model(), mse, opt, make_batch, 3, progress=False)
     assert res.history["nonfinite_steps"] == [] and int(res.opt_state[0][0].count) == 3
+
+
+def test_optimizer_health_is_recorded_and_warned():
+    """fit records `jaxsciml.optim.health` at chunk boundaries and warns when a counter grows: a healthy Shampoo run
+    records zeros; a state whose root-fallback counter has grown (as after an overflowed statistic) is reported."""
+    params = {"w": jnp.ones((6, 4)), "b": jnp.zeros(4)}
+
+    def loss(p, x):
+        return jnp.mean((x @ p["w"] + p["b"]) ** 2)
+
+    def data(step):
+        return jax.random.normal(jax.random.fold_in(jax.random.key(0), step), (8, 6))
+
+    opt = shampoo(1e-2, precondition_every=2)
+    res = fit(params, loss, opt, data, 6, progress=False)
+    assert res.history["health_step"][-1] == 6
+    assert res.history["root_fallbacks"] == [0] * len(res.history["health_step"])
+    assert res.history["nonfinite_statistics"] == [0] * len(res.history["health_step"])
+
+    (state,) = [s for s in jax.tree_util.tree_leaves(res.opt_state, is_leaf=lambda x: hasattr(x, "root_fallbacks"))
+                if hasattr(s, "root_fallbacks")]  # fmt: skip
+    sick = eqx.tree_at(lambda t: t.root_fallbacks, state, jnp.asarray(3, jnp.int32))
+    sick_opt_state = jax.tree_util.tree_map(
+        lambda x: sick if x is state else x, res.opt_state, is_leaf=lambda x: x is state
+    )
+    with pytest.warns(RuntimeWarning, match="3 new root fallbacks"):
+        res2 = fit(params, loss, opt, data, 8, start=dataclasses.replace(res, opt_state=sick_opt_state), progress=False)
+    assert res2.history["root_fallbacks"][-1] == 3
