@@ -21,7 +21,17 @@ Example (periodic Poisson, ``-Laplace(u) = f``)::
 """
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
-from ._models import FNO, NSM, FourierLayer, SpectralLayer
+from ._custom import (
+    AbstractConstraint,
+    Dirichlet,
+    InitialValue,
+    Neumann,
+    PeriodicGauge,
+    Problem,
+    initial_value,
+    time_coordinate,
+)
+from ._models import FNO, NSM, OUTPUT_SCALE, FourierLayer, SpectralLayer
 from ._navier_stokes import NavierStokes2D, NavierStokesForced2D, fno_forcing, solve_navier_stokes
 from ._poisson import PoissonDirichlet, PoissonPeriodic, chebyshev_diff_matrix, solve_poisson_dirichlet
 from ._problem import AbstractProblem
@@ -40,6 +50,15 @@ from ._training import (
 )
 
 __all__ = [
+    "OUTPUT_SCALE",
+    "time_coordinate",
+    "initial_value",
+    "Problem",
+    "PeriodicGauge",
+    "Neumann",
+    "InitialValue",
+    "Dirichlet",
+    "AbstractConstraint",
     "AbstractBasis",
     "AbstractProblem",
     "as_tensor_basis",

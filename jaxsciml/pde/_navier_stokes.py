@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._basis import Chebyshev, Fourier, _float, check_finite
+from ._custom import _lift, initial_value, time_coordinate
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._tensor import TensorBasis
@@ -220,7 +221,7 @@ class NavierStokes2D(AbstractProblem):
         )
 
     def _lift_ic(self, w0: Array) -> Array:
-        return jnp.pad(w0[..., None], [(0, 0), (0, 0), (0, self.basis.shape[2] - 1)])
+        return _lift(w0, self.basis, 2)
 
     def forcing_coeffs(self, dtype=None) -> Array:
         """Space-time coefficients of the (time-independent) forcing; zero when unforced."""
@@ -237,14 +238,10 @@ class NavierStokes2D(AbstractProblem):
     def model_input(self, params: Array) -> Array:
         """Two channels: ``w0(x, y)`` (constant in ``t``) and the time coordinate ``t``."""
         self.space.check_coeffs(params, "params")
-        t = np.zeros(self.basis.shape)
-        t[0, 0, 0] = t[0, 0, 1] = self.t_final / 2
-        return jnp.stack([self._lift_ic(params), jnp.asarray(t, params.dtype)])
+        return jnp.stack([self._lift_ic(params), time_coordinate(self.basis, 2, params.dtype)])
 
     def constrain(self, raw: Array, params: Array) -> Array:
-        v = raw[0].at[..., -1].set(0.0)
-        tv = self.basis.bases[2].multiply_by_x(v, axis=-1)[..., :-1]
-        return self._lift_ic(params) + tv
+        return initial_value(raw[0], params, self.basis, 2)
 
     def velocity(self, w: Array) -> tuple[Array, Array]:
         """``(u, v) = (psi_y, -psi_x)`` coefficients with ``psi = -Laplace^{-1} w`` (zero mean)."""

@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._basis import Chebyshev, Fourier, _float, check_finite
+from ._custom import _lift, initial_value, time_coordinate
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._tensor import TensorBasis
@@ -179,7 +180,7 @@ class ReactionDiffusion(AbstractProblem):
 
     def _lift_ic(self, u0: Array) -> Array:
         """Coefficients of ``u0(x)`` as a (constant-in-t) space-time field."""
-        return jnp.pad(u0[:, None], [(0, 0), (0, self.basis.shape[1] - 1)])
+        return _lift(u0, self.basis, 1)
 
     @property
     def in_channels(self) -> int:
@@ -189,14 +190,10 @@ class ReactionDiffusion(AbstractProblem):
         """Two channels: ``u0(x)`` (constant in ``t``) and the time coordinate ``t`` (without the time channel the
         network has no direct access to ``t`` and trained ~50x worse in our short runs)."""
         self.space.check_coeffs(params, name="params")
-        t = np.zeros(self.basis.shape)
-        t[0, 0] = t[0, 1] = self.t_final / 2  # t = T/2 (T_0 + T_1(s))
-        return jnp.stack([self._lift_ic(params), jnp.asarray(t, params.dtype)])
+        return jnp.stack([self._lift_ic(params), time_coordinate(self.basis, 1, params.dtype)])
 
     def constrain(self, raw: Array, params: Array) -> Array:
-        v = raw[0].at[:, -1].set(0.0)
-        tv = self.basis.bases[1].multiply_by_x(v, axis=-1)[:, :-1]
-        return self._lift_ic(params) + tv
+        return initial_value(raw[0], params, self.basis, 1)
 
     def residual(self, u: Array, params: Array) -> Array:
         b = self.basis
