@@ -47,6 +47,19 @@ CONFIGS = {
         "ns": {"n": 9, "nt": 5, "steps": 20, "ref_grids": [16], "ref_steps": [8], "t_final": 0.5},
         "res": [64],
     },
+    "small": {  # a reduced run for a heavily shared CPU (same problems and recipe, fewer steps and grids)
+        "steps": 300,
+        "fno_max_steps": 1200,
+        "width": 32,
+        "depth": 4,
+        "batch": 16,
+        "test": 16,
+        "poisson_n": 17,
+        "poisson_grids": [32, 64],
+        "rd": {"nx": 31, "nt": 12, "grids": [32], "nu": 0.01},
+        "ns": {"n": 9, "nt": 8, "steps": 100, "ref_grids": [16, 32], "ref_steps": [24, 48, 100], "t_final": 3.0},
+        "res": [64, 128],
+    },
     "default": {
         "steps": 1000,
         "fno_max_steps": 4000,
@@ -249,9 +262,10 @@ def run_navier_stokes(cfg, rows, solver_rows):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI smoke size")
+    parser.add_argument("--small", action="store_true", help="reduced size for a busy machine")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     args = parser.parse_args(argv)
-    name = "quick" if args.quick else "default"
+    name = "quick" if args.quick else "small" if args.small else "default"
     cfg = CONFIGS[name]
     load_start = os.getloadavg()
     rows, solver_rows = [], []
@@ -303,6 +317,8 @@ def main(argv=None) -> dict:
     config["size"] = name
     config["paper"] = PAPER
     config["distributions"] = DISTRIBUTIONS
+    config["nsm_output_scale"] = pde.OUTPUT_SCALE
+    config["nsm_recipe"] = "GELU, Adam 3e-3 decayed x0.1 exponentially, float32"
     config["load_average_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
     notes = (
         "Problems: " + DISTRIBUTIONS + ". Settings vs the paper: " + PAPER + ". Here: width/depth/steps as in "
@@ -316,7 +332,7 @@ def main(argv=None) -> dict:
         "compare ratios within one run, not absolute times across runs."
     )
     return write_results(
-        "nsm" if not args.quick else "nsm_quick",
+        {"quick": "nsm_quick", "small": "nsm_small", "default": "nsm"}[name],
         {"models": rows, "navier_stokes_reference_solver": solver_rows, "summary": summary},
         args.out,
         notes=notes,

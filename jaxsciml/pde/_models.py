@@ -26,8 +26,9 @@ from ._tensor import TensorBasis
 
 __all__ = ["NSM", "FNO", "SpectralLayer", "FourierLayer", "OUTPUT_SCALE"]
 
-OUTPUT_SCALE = 1.0
-"""Default :attr:`NSM.output_scale`."""
+OUTPUT_SCALE = 1e-3
+"""Default :attr:`NSM.output_scale`: the factor of the authors' mollifiers (``SCALE = 1e-3``), so that the paper's
+recipe (ReLU, Adam 1e-3 decayed to 1e-6) trains out of the box; see :class:`NSM`."""
 
 
 def _dense(key: PRNGKeyArray, n_in: int, n_out: int, dtype) -> Array:
@@ -107,8 +108,10 @@ class NSM(eqx.Module):
             multiplies by ``1e-3`` in its mollifiers). With Adam every weight moves by about the learning rate per
             step whatever the gradient's size, so the output's change per step is proportional to this factor: the
             solutions of the paper's problems are small (periodic Poisson: ``|u| ~ 1e-2``), and at ``1`` the ReLU
-            network at the paper's learning rate overshoots and stalls (measured: 56% error after 1000 steps on
-            periodic Poisson vs 1.96% at ``1e-3``).
+            network at the paper's learning rate overshoots and stalls. Measured on periodic Poisson (paper sources,
+            width 32, depth 4, batch 16, 1000 steps, Adam ``1e-3 * 1e-3^(step/steps)``): 56% error at ``1`` vs 1.96%
+            at ``1e-3`` with 31x31 modes, 1.48% at ``1e-3`` with 15x15. The package's GELU recipe (Adam 3e-3 decayed
+            x0.1) is insensitive to it (0.70% at ``1e-3`` vs 0.54% at ``1`` after 300 steps, 15x15, one seed).
     """
 
     basis: TensorBasis

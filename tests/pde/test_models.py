@@ -4,14 +4,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxsciml import pde
+from jaxsciml.train import fit
 from tests.helpers import assert_transformable
 
 
 def _nsm_poisson(n=11, width=16, depth=2, seed=0):
-    prob = pde.PoissonPeriodic(n=n, length_scale=0.2)
+    # the smooth source (training wiring at a short budget; the paper's rougher sources reach ~5.5% at this size, with
+    # or without the output scale, and are covered by test_paper_recipe_trains_out_of_the_box)
+    prob = pde.PoissonPeriodic(n=n, length_scale=0.2, kernel="squared_exponential")
     model = pde.NSM(prob.basis, 1, 1, width=width, depth=depth, activation=jax.nn.gelu, key=jax.random.key(seed))
     return prob, model
 
@@ -146,7 +150,7 @@ def test_train_operator_is_fit_and_reports_timing():
 @pytest.mark.slow
 def test_nsm_poisson_reaches_one_percent():
     """Must-hold: NSM trained briefly on periodic Poisson reaches < 1% relative L2 on held-out sources."""
-    prob = pde.PoissonPeriodic(n=15, length_scale=0.2)
+    prob = pde.PoissonPeriodic(n=15, length_scale=0.2, kernel="squared_exponential")
     model = pde.NSM(prob.basis, 1, 1, width=32, depth=4, activation=jax.nn.gelu, activation_grid=(16, 16),
                     key=jax.random.key(0))  # fmt: skip
     steps = 2500
@@ -161,3 +165,37 @@ def test_nsm_poisson_reaches_one_percent():
     ft = prob.sample(jax.random.key(99), 64)
     err = float(jnp.mean(pde.relative_l2(pde.nsm_predict(model, prob, ft), jax.vmap(prob.solve)(ft), prob.basis)))
     assert err < 0.01, err
+
+
+def test_nsm_output_scale_multiplies_the_output():
+    basis = pde.TensorBasis(pde.Fourier(7), pde.Chebyshev(6))
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6))
+    a = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1))
+    b = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1), output_scale=1.0)
+    assert a.output_scale == pde.OUTPUT_SCALE == 1e-3
+    np.testing.assert_allclose(a(x), 1e-3 * b(x), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="output_scale"):
+        pde.NSM(basis, 2, 1, key=jax.random.key(1), output_scale=0.0)
+
+
+@pytest.mark.slow
+def test_paper_recipe_trains_out_of_the_box():
+    """The authors' recipe on the paper's periodic Poisson: ReLU, Adam 1e-3 decayed as lr * 1e-3^(step/steps),
+    batch 16, width 32, depth 4; 1000 steps reach 1.48% relative error with 15x15 modes (56% without the output
+    scale, as measured with 31x31 modes). Bound 3%: about 2x the measured error (seed and platform variation)."""
+    prob = pde.PoissonPeriodic(n=15)
+    model = pde.NSM(prob.basis, 1, 1, width=32, depth=4, activation=jax.nn.relu, key=jax.random.key(0))
+    steps = 1000
+    res = fit(
+        model,
+        lambda m, p: pde.nsm_loss(m, prob, p),
+        optax.adam(optax.exponential_decay(1e-3, steps, 1e-3)),
+        lambda k: prob.sample(k, 16),
+        steps,
+        key=jax.random.key(1),
+        progress=False,
+    )
+    test = prob.sample(jax.random.key(123), 32)
+    ref = jax.vmap(lambda p: prob.reference(p, (64, 64)))(test)
+    err = float(pde.relative_error(prob.solution_values(pde.nsm_predict(res.model, prob, test), (64, 64)), ref))
+    assert err < 0.03, err

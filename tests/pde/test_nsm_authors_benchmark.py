@@ -66,3 +66,14 @@ def test_runner_keeps_it_off_by_default(tmp_path):
     assert "nsm_authors" not in run.BENCHMARKS and "nsm_authors" in run.EXTERNAL
     with pytest.raises(SystemExit, match="needs --authors-path and --authors-python"):
         run.main(["--only", "nsm_authors", "--out", str(tmp_path)])
+
+
+def test_error_verdict_and_untrained_baseline():
+    assert nsm_authors.error_verdict(0.1, 0.2, 1.0) == "met"
+    assert nsm_authors.error_verdict(0.3, 0.2, 1.0) == "missed"
+    assert nsm_authors.error_verdict(0.95, 0.93, 1.0).startswith("inconclusive")
+    # reaction-diffusion: u = u0 is exact when nothing happens in time, and the baseline is then 0
+    u0 = np.random.default_rng(2).uniform(size=(3, 16))
+    ref = np.broadcast_to(nsm_authors.periodic_resample(u0, 32)[..., None], (3, 32, 5))
+    assert nsm_authors.trivial_rel_l2("reaction", u0, ref) < 1e-12
+    assert nsm_authors.trivial_rel_l2("poisson", u0, ref) == 1.0
