@@ -373,8 +373,17 @@ def _curve(losses: np.ndarray, final: float, smooth: int) -> np.ndarray:
 
 
 def run_task(
-    name: str, quick: bool, lrs: Sequence[float], repeats: int, peers: dict, log, only: Sequence[str] | None = None
+    name: str,
+    quick: bool,
+    lrs: Sequence[float],
+    repeats: int,
+    peers: dict,
+    log,
+    only: Sequence[str] | None = None,
+    timing_only: bool = False,
 ) -> list[dict]:
+    """One task: learning-rate sweep per method, then interleaved timing (``timing_only``: no sweep, timed at
+    ``lrs[0]``; steps and losses are then not reported)."""
     t = TASKS[name](quick)
     params, target, steps = t["params"], t["target"], t["steps"]
     loss = t["loss"]
@@ -387,6 +396,23 @@ def run_task(
         if only is not None and mname not in only and mname != "adamw":
             continue
         train, chunk = make_runner(opt, batch_loss, loss, steps)
+        if timing_only:
+            t0 = time.perf_counter()
+            block(chunk(params, jnp.float32(lrs[0])))
+            chunks[mname] = (chunk, lrs[0])
+            rows.append(
+                dict(
+                    task=name,
+                    method=mname,
+                    lr=lrs[0],
+                    steps_to_target="not run",
+                    final_loss=float("nan"),
+                    state_bytes=state_memory_bytes(opt.init(params)),
+                    compile_s=time.perf_counter() - t0,
+                )
+            )
+            log(f"  {name}/{mname}: compiled")
+            continue
         t0 = time.perf_counter()
         block(train(params, jnp.float32(lrs[0])))
         compile_s = time.perf_counter() - t0
@@ -437,7 +463,9 @@ def run_task(
         s = row["steps_to_target"]
         row["steps_ratio"] = s / base_steps if isinstance(s, int) and isinstance(base_steps, int) else float("nan")
         base = next(r for r in rows if r["method"] == "adamw")
-        row["final_loss_ratio"] = row["final_loss"] / base["final_loss"] if base["final_loss"] > 0 else float("nan")
+        row["final_loss_ratio"] = (
+            row["final_loss"] / base["final_loss"] if base["final_loss"] > 0 else float("nan")
+        )  # nan when timing only
         row["state_ratio"] = row["state_bytes"] / base["state_bytes"]
         if n != "adamw" and isinstance(s, int):
             row["time_to_target_ratio"] = (
@@ -497,8 +525,10 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
     return rows
 
 
-def _le(a, b) -> bool:
-    """Steps ``a`` <= ``b`` where a ``">N"`` string means the target was missed."""
+def _le(a, b) -> bool | str:
+    """Steps ``a`` <= ``b`` where a ``">N"`` string means the target was missed (``"n/a"`` when not run)."""
+    if "not run" in (a, b):
+        return "n/a"
     return (isinstance(a, int) and (not isinstance(b, int) or a <= b)) or (
         not isinstance(a, int) and not isinstance(b, int)
     )
@@ -535,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 10; quick 2)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (adamw always runs)")
+    parser.add_argument("--lrs", default=None, help="comma-separated learning-rate grid (default: the grid above)")
+    parser.add_argument("--timing-only", action="store_true", help="no learning-rate sweep: step time and state only")
     parser.add_argument("--name", default="shampoo_peers", help="result file name (for a part of the tasks)")
     parser.add_argument("--no-check", action="store_true", help="skip the matched_check table")
     parser.add_argument(
@@ -562,7 +594,7 @@ def _main(args) -> dict:
         if not callable(p):
             log(f"skipping {name}: {p}")
     tasks = args.tasks.split(",") if args.tasks else (["char_lm"] if quick else list(TASKS))
-    lrs = QUICK_LRS if quick else LRS
+    lrs = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else (QUICK_LRS if quick else LRS)
     repeats = args.repeats or (2 if quick else 10)
     only = args.methods.split(",") if args.methods else None
     load = [os.getloadavg()]
@@ -570,7 +602,7 @@ def _main(args) -> dict:
     tables = {}
     for name in tasks:
         log(f"task {name}")
-        tables[name] = run_task(name, quick, lrs, repeats, peers, log, only)
+        tables[name] = run_task(name, quick, lrs, repeats, peers, log, only, args.timing_only)
         load.append(os.getloadavg())
         payload = _write(args, tables, [], peers, lrs, repeats, load, time.perf_counter() - t0)  # partial results
     check = [] if quick or args.no_check else matched_check(peers)
@@ -633,6 +665,10 @@ def merge_parts(paths: Sequence[str], out: str | None) -> dict:
     return write_results("shampoo_peers", tables, out, notes=notes, config=config)
 
 
+def _verdict(ok) -> str:
+    return {True: "met", False: "MISSED"}.get(ok, "not run")
+
+
 def build_notes(tables: dict, lrs, total_s: Sequence[float], load) -> str:
     lines = [
         "## Notes",
@@ -665,13 +701,13 @@ def build_notes(tables: dict, lrs, total_s: Sequence[float], load) -> str:
     for r in tables.get("key_ratios", []):
         if "ds_steps" in r:
             matched = (
-                f", matched momentum {r['matched_steps']} ({'met' if r['matched_steps_le_ds'] else 'MISSED'})"
+                f", matched momentum {r['matched_steps']} ({_verdict(r['matched_steps_le_ds'])})"
                 if "matched_steps" in r
                 else ""
             )
             lines.append(
                 f"- {r['task']}: steps to target jaxsciml {r['shampoo_steps']} vs distributed_shampoo {r['ds_steps']} "
-                f"({'met' if r['steps_le_ds'] else 'MISSED'}: equal or fewer{matched}); amortised step "
+                f"({_verdict(r['steps_le_ds'])}: equal or fewer{matched}); amortised step "
                 f"{r['step_time_vs_ds']:.2f}x distributed_shampoo ({'met' if r['step_time_vs_ds'] < 1 else 'MISSED'}"
                 f": faster); {r['step_time_vs_adamw']:.2f}x adamw"
                 + (
