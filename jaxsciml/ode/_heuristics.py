@@ -154,6 +154,12 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return self.solver.term_structure
 
     @property
+    def root_finder(self):
+        """The inner implicit solver's root finder (diffrax reads it; ``solve_with_heuristics`` has already given it
+        the controller's tolerances)."""
+        return getattr(self.solver, "root_finder", None)
+
+    @property
     def interpolation_cls(self):  # pyright: ignore
         return self.solver.interpolation_cls
 

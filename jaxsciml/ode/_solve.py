@@ -138,6 +138,8 @@ def fevals_per_step(solver: dfx.AbstractSolver, terms: Any) -> tuple[int, int]:
     if isinstance(inner, dfx.AbstractRungeKutta) and isinstance(tableau, dfx.ButcherTableau):
         fsal = tableau.fsal and isinstance(terms, dfx.ODETerm)
         return tableau.num_stages - int(fsal), int(fsal)
+    if isinstance(inner, dfx.Euler):
+        return 1, 0
     if isinstance(inner, dfx.Heun):  # pragma: no cover - Heun is an AbstractRungeKutta
         return 2, 0
     return -1, 0

@@ -85,7 +85,10 @@ def test_pytree_state_matches_flat_state(x64, name):
     assert int(tree.stats.num_fevals) == int(flat.stats.num_fevals)
 
 
-@pytest.mark.parametrize("name", ["global", "local unbiased", "RNODE", "TayNODE"])
+@pytest.mark.parametrize(
+    "name",
+    ["global"] + [pytest.param(n, marks=pytest.mark.slow) for n in ("local unbiased", "RNODE", "TayNODE")],
+)
 def test_pytree_models_jit_vmap_grad(name):
     # dict and image-shaped states through NeuralODE under jit(grad(mean(vmap(...)))) (float32, default tolerances):
     # finite values, a positive penalty, non-zero parameter gradients.
@@ -263,6 +266,8 @@ def test_weight_schedules(x64):
 def test_shared_step_and_vmap_batching(x64):
     # Both modes solve the same ODEs: at tight tolerances the predictions agree (1e-6). Shared mode has one step
     # sequence (scalar stats) and the joint system's heuristics; vmap mode per-example stats and the mean penalty.
+    # Penalties are compared to 1e-5: at rtol 1e-9 the stiffness ratio divides stage differences of size O(h^5 f),
+    # so differently fused but equal computations differ by ~1e-6 relative.
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     clf = ODEClassifier(
         eqx.nn.Linear(5, 3, key=k1),
@@ -284,9 +289,9 @@ def test_shared_step_and_vmap_batching(x64):
         h0s,
         stepsize_controller=clf.ode.config.controller,
     )
-    np.testing.assert_allclose(shared.penalty, h.error + 0.1 * h.stiffness, rtol=1e-10)
+    np.testing.assert_allclose(shared.penalty, h.error + 0.1 * h.stiffness, rtol=1e-5)
     np.testing.assert_allclose(
-        per.penalty, jnp.mean(jax.vmap(lambda x: clf(x, regularizer=reg).penalty)(xs)), rtol=1e-10
+        per.penalty, jnp.mean(jax.vmap(lambda x: clf(x, regularizer=reg).penalty)(xs)), rtol=1e-5
     )
     # trajectories: batch axis first in both modes
     ts = jnp.linspace(0.1, 1.0, 3)
