@@ -7,7 +7,10 @@ Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-l
 - Residual vocabulary: :func:`derivative`, :func:`laplacian`, :func:`product`, :func:`pointwise`; loss
   :func:`spectral_loss` = exact ``int R^2 dx`` (Parseval on Fourier axes, the exact dx Gram matrix on Chebyshev axes).
 - Problems (:class:`AbstractProblem`): :class:`PoissonPeriodic`, :class:`PoissonDirichlet`, :class:`ReactionDiffusion`,
-  :class:`NavierStokes2D`, each with a GRF parameter sampler and a JAX reference solver.
+  :class:`NavierStokes2D`, :class:`NavierStokesForced2D`, each with the NSM paper's parameter distribution by default
+  (:func:`periodic_kernel_spectrum`) and a JAX reference solver.
+- A new PDE without subclassing: :class:`Problem` (residual + sampler + constraints :class:`InitialValue`,
+  :class:`Dirichlet`, :class:`Neumann`, :class:`PeriodicGauge`; optional reference).
 - Models: :class:`NSM` (coefficient space) and :class:`FNO` (grid), trained by :func:`train_operator` with
   :func:`nsm_loss` (spectral) or :func:`fno_loss` (finite-difference PINN).
 
