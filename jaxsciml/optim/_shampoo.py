@@ -460,7 +460,9 @@ def scale_by_shampoo(
 
     def refresh_quant_roots(stats, eigvals, eigvecs, plans):
         """4-bit roots: eigendecompose every statistic, keep the root's eigenvalues ``(w + eps w_max)^(-p)`` in full
-        precision and its eigenvectors in 4 bits -> (eigvals, eigvecs, number of failed decompositions)."""
+        precision and its eigenvectors in 4 bits -> (eigvals, eigvecs, eigenvectors to use now, number of failed
+        decompositions). The refresh step itself uses the exact eigenvectors (as fp32 Shampoo); later steps the 4-bit
+        ones."""
         items, where = [], []
         for li, plan in enumerate(plans):
             if plan.kind != "block":
@@ -471,6 +473,7 @@ def scale_by_shampoo(
                 where.append((li, m, exponent_of(plan)))
         lam_new = [list(x) for x in eigvals]
         q_new = [list(x) for x in eigvecs]
+        v_now = [list(x) for x in rectified(eigvecs, eigvals, plans)]
         failed = jnp.zeros((), jnp.int32)
         outs = grouped_map(lambda a: eigh_psd(a, platform), [(a,) for a, _ in items], mesh, mesh_axis)
         for (li, m, p), (_, eps), (w, q) in zip(where, items, outs):
@@ -481,8 +484,18 @@ def scale_by_shampoo(
             qq, old = quantize(q, qbs), eigvecs[li][m]
             lam_new[li][m] = safe_update(inv, ok, eigvals[li][m])
             q_new[li][m] = QuantizedMatrix(safe_update(qq.codes, ok, old.codes), safe_update(qq.scales, ok, old.scales))
+            v_now[li][m] = safe_update(q, ok, v_now[li][m])
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
-        return _tt(lam_new), _tt(q_new), failed
+        return _tt(lam_new), _tt(q_new), _tt(v_now), failed
+
+    def rectified(eigvecs, eigvals, plans):
+        """Dequantized eigenvectors after ``bjorck_iters`` Björck steps, per leaf, per mode."""
+        return tuple(
+            tuple(bjorck(dequantize(q, b, lam.dtype), bjorck_iters) for q, lam, b in zip(qs, lams, plan.block))
+            if plan.kind == "block"
+            else ()
+            for qs, lams, plan in zip(eigvecs, eigvals, plans)
+        )
 
     def quant_step(xbs, eigvals, eigvecs, plans, do_refresh, coef):
         """4-bit path: returns (new eigvals, new eigvecs, per-leaf per-mode rectified eigenvectors to use)."""
@@ -602,24 +615,20 @@ def scale_by_shampoo(
             nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(new_stats))
             if quant_roots:
                 new_roots = state.roots
-                new_vals, new_vecs, failed = jax.lax.cond(
+                new_vals, new_vecs, vs, failed = jax.lax.cond(
                     do_refresh,
                     lambda s, v, q: refresh_quant_roots(s, v, q, plans),
-                    lambda s, v, q: (v, q, zero),
+                    lambda s, v, q: (v, q, rectified(q, v, plans), zero),
                     new_stats,
                     state.eigvals,
                     state.eigvecs,
                 )
-                use_roots = []
-                for li, plan in enumerate(plans):
-                    if plan.kind != "block":
-                        use_roots.append(())
-                        continue
-                    rs = []
-                    for q, inv, b in zip(new_vecs[li], new_vals[li], plan.block):
-                        v = bjorck(dequantize(q, b, inv.dtype), bjorck_iters)
-                        rs.append((v * inv[:, None, :]) @ jnp.swapaxes(v, -1, -2))
-                    use_roots.append(tuple(rs))
+                use_roots = [
+                    tuple((v * inv[:, None, :]) @ jnp.swapaxes(v, -1, -2) for v, inv in zip(vs[li], new_vals[li]))
+                    if plan.kind == "block"
+                    else ()
+                    for li, plan in enumerate(plans)
+                ]
             else:
                 new_vals, new_vecs = state.eigvals, state.eigvecs
                 new_roots, failed = jax.lax.cond(
