@@ -201,7 +201,7 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
 def task_deep_linear(quick: bool):
     """``0.5 mean ||W_4 W_3 W_2 W_1 x - A x||^2`` with ``A`` of condition number 1e3, small random init."""
     rng = np.random.default_rng(10)
-    d, n, depth = (16, 128, 3) if quick else (32, 512, 4)
+    d, n, depth = (8, 64, 3) if quick else (32, 512, 4)
     u, _ = np.linalg.qr(rng.normal(size=(d, d)))
     v, _ = np.linalg.qr(rng.normal(size=(d, d)))
     a = jnp.asarray((u * np.logspace(0, -3, d)) @ v.T * 3.0, jnp.float32)
@@ -217,7 +217,7 @@ def task_deep_linear(quick: bool):
         return 0.5 * jnp.mean(jnp.sum((h - y) ** 2, -1))
 
     l0 = float(loss(params))
-    return dict(params=params, loss=loss, target=1e-3 * l0, metric=("final_loss", loss), steps=150 if quick else 400)
+    return dict(params=params, loss=loss, target=1e-3 * l0, metric=("final_loss", loss), steps=60 if quick else 400)
 
 
 def task_digits_autoencoder(quick: bool):
@@ -593,7 +593,7 @@ def _main(args) -> dict:
     for name, p in peers.items():
         if not callable(p):
             log(f"skipping {name}: {p}")
-    tasks = args.tasks.split(",") if args.tasks else (["char_lm"] if quick else list(TASKS))
+    tasks = args.tasks.split(",") if args.tasks else (["deep_linear"] if quick else list(TASKS))
     lrs = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else (QUICK_LRS if quick else LRS)
     repeats = args.repeats or (2 if quick else 10)
     only = args.methods.split(",") if args.methods else None
