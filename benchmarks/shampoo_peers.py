@@ -565,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 10; quick 2)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (adamw always runs)")
+    parser.add_argument("--note", default="", help="with --merge: a sentence added to the notes")
     parser.add_argument("--lrs", default=None, help="comma-separated learning-rate grid (default: the grid above)")
     parser.add_argument("--timing-only", action="store_true", help="no learning-rate sweep: step time and state only")
     parser.add_argument("--name", default="shampoo_peers", help="result file name (for a part of the tasks)")
@@ -574,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.merge:
-        return merge_parts(args.merge.split(","), args.out)
+        return merge_parts(args.merge.split(","), args.out, args.note)
     try:  # as benchmarks/shampoo.py: single-threaded LAPACK (scipy's OpenBLAS threads thrash on a loaded machine)
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -641,7 +642,7 @@ def _write(args, tables, check, peers, lrs, repeats, load, total) -> dict:
     return write_results(args.name, tables, args.out, notes=notes, config=config)
 
 
-def merge_parts(paths: Sequence[str], out: str | None) -> dict:
+def merge_parts(paths: Sequence[str], out: str | None, note: str = "") -> dict:
     """Combine part results (task subsets run as separate processes, e.g. in parallel) into ``shampoo_peers``."""
     import json
 
@@ -662,6 +663,8 @@ def merge_parts(paths: Sequence[str], out: str | None) -> dict:
     config["parts"] = [[n for n in part["tables"] if n not in ("key_ratios", "matched_check")] for part in parts]
     load = [tuple(x) for x in config["loadavg"]]
     notes = build_notes(tables, config["lr_grid"], config["total_s"], load)
+    if note:
+        notes = notes.replace("## Notes\n", f"## Notes\n\n- {note}", 1)
     return write_results("shampoo_peers", tables, out, notes=notes, config=config)
 
 
