@@ -25,7 +25,7 @@ PUBLIC = {
         "solve_poisson_dirichlet", "solve_reaction_diffusion", "spectral_loss", "squared_norm", "train_operator",
     ],
     "optim": [
-        "BlockPlan", "QuantizedMatrix", "STATIC_ARGS", "ShampooState", "SoapState", "bjorck", "dequantize",
+        "BlockPlan", "QuantizedMatrix", "STATIC_ARGS", "ShampooState", "SoapState", "bjorck", "dequantize", "health",
         "linear_square_codebook", "make_plan", "memory_breakdown", "preconditioner_memory_bytes", "quantize",
         "scale_by_shampoo", "scale_by_soap", "shampoo", "soap", "state_memory_bytes",
     ],

@@ -2,12 +2,16 @@
 
 - :func:`shampoo` / :func:`scale_by_shampoo`: blocked Kronecker-factored preconditioning with grafting, momentum,
   decoupled weight decay, eigh or coupled-Newton roots (batched over blocks, optionally spread over a device mesh),
-  4-bit eigenvector state (``quantize_eigenvectors=True``) and New-Perspective power iterations;
+  4-bit eigenvector state (``quantize_eigenvectors=True``; ``four_bit_mode="roots"`` or ``"eigenvalue_tracking"``)
+  and New-Perspective power iterations;
 - :func:`soap` / :func:`scale_by_soap`: eigenvalue-corrected Shampoo (Adam in the Kronecker eigenbasis);
-- :func:`state_memory_bytes`, :func:`memory_breakdown`, :func:`preconditioner_memory_bytes`: optimizer-state memory.
+- :func:`state_memory_bytes`, :func:`memory_breakdown`, :func:`preconditioner_memory_bytes`: optimizer-state memory;
+- :func:`health`: summed ``root_fallbacks`` / ``nonfinite_statistics`` counters of every Shampoo/SOAP state in any
+  optax state tree.
 """
 
 from ._blocking import BlockPlan, make_plan
+from ._health import health
 from ._memory import memory_breakdown, preconditioner_memory_bytes, state_memory_bytes
 from ._quant import QuantizedMatrix, bjorck, dequantize, linear_square_codebook, quantize
 from ._shampoo import STATIC_ARGS, ShampooState, scale_by_shampoo, shampoo
@@ -21,6 +25,7 @@ __all__ = [
     "SoapState",
     "bjorck",
     "dequantize",
+    "health",
     "linear_square_codebook",
     "make_plan",
     "memory_breakdown",

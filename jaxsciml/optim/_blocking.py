@@ -23,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 
@@ -169,3 +170,12 @@ def leaf_plans(tree, block_size, merge_small_dims, max_preconditioner_dim) -> li
         make_plan(jnp.shape(x), block_size, merge_small_dims, max_preconditioner_dim)
         for x in jax.tree_util.tree_leaves(tree)
     ]
+
+
+def valid_block_dims(plan: BlockPlan) -> tuple[np.ndarray, ...]:
+    """Per mode, the number of real (not zero-padded) indices of every block: ``k`` int arrays of shape
+    ``(num_blocks,)``, in the block order of :func:`to_blocks` (row-major over ``plan.counts``)."""
+    coords = np.unravel_index(np.arange(plan.num_blocks), plan.counts)
+    return tuple(
+        np.minimum(b, m - c * b).astype(np.int32) for b, m, c in zip(plan.block, plan.merged, coords, strict=True)
+    )

@@ -42,7 +42,7 @@ def memory_breakdown(state: Any) -> dict[str, int]:
                     out[name] = out.get(name, 0) + b
                     if name in pre:
                         out["preconditioner"] += b
-                    elif name in ("count", "skipped"):
+                    elif name in ("count", "skipped", "root_fallbacks", "nonfinite_statistics"):
                         out["other"] += b
                     else:
                         out["first_order"] += b

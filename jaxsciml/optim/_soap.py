@@ -10,8 +10,14 @@ For every block ``G`` (same blocking as :func:`jaxsciml.optim.scale_by_shampoo`)
     N'  =  (M' / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     u   =  N' x_1 Q_1 ... x_k Q_k                 (rotate back)
 
-Scalars/vectors use Adam. Bases are refreshed by a batched symmetric eigendecomposition (the SOAP paper uses one step
-of QR power iteration; eigh is exact), spread over a device mesh when one is given; a non-finite basis keeps the old.
+Step 1 only accumulates the statistics and computes the first bases; its update is zero and the moments are left
+untouched (as in the reference implementation: the basis of ``G_1`` applied to ``G_1`` itself makes ``G'`` diagonal up
+to round-off, which Adam's normalisation inflates to full size: in float32 a first update 50-100x too large). Adam's
+step count is ``t - 1`` from then on, and its bias corrections are computed in the parameters' precision.
+
+Scalars/vectors use Adam (with the same zero first step). Bases are refreshed by a symmetric eigendecomposition (the
+SOAP paper uses one step of QR power iteration; eigh is exact; on CPU one matrix per LAPACK call, see
+:mod:`jaxsciml.optim._roots`), spread over a device mesh when one is given; a non-finite basis keeps the old.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ class SoapState(NamedTuple):
     """State of :func:`scale_by_soap` (per-leaf tuples in ``tree_leaves`` order).
 
     Attributes:
-        count: applied updates (int32); skipped: non-finite steps skipped (int32).
+        count: applied (finite) steps, including the first one, which only builds the statistics (int32).
+        skipped: non-finite steps skipped (int32).
+        root_fallbacks: cumulative number of eigenbases whose refresh failed and kept the old basis (int32).
+        nonfinite_statistics: cumulative number of steps after which some statistic held inf/NaN (int32).
         stats: per leaf, per mode: statistics ``(num_blocks, b, b)`` (``()`` for Adam leaves).
         bases: per leaf, per mode: eigenbases ``(num_blocks, b, b)``.
         mu: per leaf: first moment (parameter shape).
@@ -42,6 +51,8 @@ class SoapState(NamedTuple):
 
     count: Int[Array, ""]
     skipped: Int[Array, ""]
+    root_fallbacks: Int[Array, ""]
+    nonfinite_statistics: Int[Array, ""]
     stats: tuple
     bases: tuple
     mu: tuple
@@ -71,7 +82,12 @@ def scale_by_soap(
             ``precondition_every`` steps after.
         mesh, mesh_axis: spread the batched eigendecompositions over this mesh axis.
 
-    Non-finite gradients skip the step (state unchanged, ``skipped`` incremented, zero update).
+    Non-finite gradients skip the step (state unchanged, ``skipped`` incremented, zero update). ``root_fallbacks``
+    counts eigenbases whose refresh failed (non-finite statistic or result: the old basis is kept) and
+    ``nonfinite_statistics`` the steps after which a statistic held inf/NaN; see :func:`jaxsciml.optim.health`.
+
+    References: Vyas et al., *SOAP: Improving and Stabilizing Shampoo using Adam* (2024); George et al., *Fast
+    Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis* (EKFAC, 2018).
     """
     block_size = C.static_int("block_size", block_size, allow_none=True)
     every = C.static_int("precondition_every", precondition_every)
@@ -104,7 +120,7 @@ def scale_by_soap(
                 bases.append(())
                 nu.append(jnp.zeros(jnp.shape(x), dt))
         z = jnp.zeros((), jnp.int32)
-        return SoapState(z, z, tuple(stats), tuple(bases), tuple(mu), tuple(nu))
+        return SoapState(z, z, z, z, tuple(stats), tuple(bases), tuple(mu), tuple(nu))
 
     def refresh(stats, bases, plans):
         items, idx = [], []
@@ -115,13 +131,15 @@ def scale_by_soap(
 
         def fn(s, old):
             _, q = eigh_psd(s, target_platform(mesh))
-            ok = jnp.all(jnp.isfinite(q), axis=(-2, -1))
-            return (safe_update(q, ok, old),)
+            ok = jnp.all(jnp.isfinite(s), axis=(-2, -1)) & jnp.all(jnp.isfinite(q), axis=(-2, -1))
+            return safe_update(q, ok, old), ok
 
         new = [list(b) for b in bases]
-        for (li, m), (q,) in zip(idx, grouped_map(fn, items, mesh, mesh_axis)):
+        failed = jnp.zeros((), jnp.int32)
+        for (li, m), (q, ok) in zip(idx, grouped_map(fn, items, mesh, mesh_axis)):
             new[li][m] = q
-        return tuple(tuple(b) for b in new)
+            failed = failed + jnp.sum(~ok).astype(jnp.int32)
+        return tuple(tuple(b) for b in new), failed
 
     def update_fn(updates, state, params=None):
         del params
@@ -140,32 +158,42 @@ def scale_by_soap(
             for li, p in enumerate(plans)
         )
         do_refresh = finite & ((t - 1) % every == 0)
-        bases = jax.lax.cond(do_refresh, lambda s, b: refresh(s, b, plans), lambda s, b: b, stats, state.bases)
-        tf = t.astype(jnp.float32)
-        bc1, bc2 = 1.0 - beta1**tf, 1.0 - beta2**tf
+        zero = jnp.zeros((), jnp.int32)
+        bases, failed = jax.lax.cond(
+            do_refresh, lambda s, b: refresh(s, b, plans), lambda s, b: (b, zero), stats, state.bases
+        )
+        nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(stats))
+        # Step 1 only builds the statistics and the first eigenbasis (as reference SOAP does): applying the basis
+        # of G_1 to G_1 itself would give a direction whose round-off entries Adam normalises to full size.
+        first = t == 1
+        ta = t - 1  # number of Adam steps so far, including this one (from step 2 on)
         outs, mus, nus = [], [], []
         for li, (g, plan) in enumerate(zip(gs, plans)):
-            mu = beta1 * state.mu[li] + (1.0 - beta1) * g
+            taf = jnp.maximum(ta, 1).astype(g.dtype)  # bias corrections in the parameters' precision
+            bc1, bc2 = 1.0 - beta1**taf, 1.0 - beta2**taf
+            mu = jnp.where(first, state.mu[li], beta1 * state.mu[li] + (1.0 - beta1) * g)
             mus.append(mu)
             if plan.kind != "block":
-                nu = beta2 * state.nu[li] + (1.0 - beta2) * g * g
+                nu = jnp.where(first, state.nu[li], beta2 * state.nu[li] + (1.0 - beta2) * g * g)
                 nus.append(nu)
-                outs.append((mu / bc1) / (jnp.sqrt(nu / bc2) + epsilon))
+                outs.append(jnp.where(first, 0.0, (mu / bc1) / (jnp.sqrt(nu / bc2) + epsilon)))
                 continue
             gr, mr = xbs[li], to_blocks(mu, plan)
             for m, q in enumerate(bases[li]):
                 gr = mode_product(gr, q, m, transpose=True)
                 mr = mode_product(mr, q, m, transpose=True)
-            nu = beta2 * state.nu[li] + (1.0 - beta2) * gr * gr
+            nu = jnp.where(first, state.nu[li], beta2 * state.nu[li] + (1.0 - beta2) * gr * gr)
             nus.append(nu)
             n = (mr / bc1) / (jnp.sqrt(nu / bc2) + epsilon)
             for m, q in enumerate(bases[li]):
                 n = mode_product(n, q, m)
-            outs.append(from_blocks(n, plan))
+            outs.append(jnp.where(first, 0.0, from_blocks(n, plan)))
         keep = lambda n, o: jnp.where(finite, n, o)
         new_state = SoapState(
             count=state.count + finite.astype(jnp.int32),
             skipped=state.skipped + (~finite).astype(jnp.int32),
+            root_fallbacks=state.root_fallbacks + jnp.where(finite, failed, 0),
+            nonfinite_statistics=state.nonfinite_statistics + (finite & nonfinite_stats).astype(jnp.int32),
             stats=jax.tree_util.tree_map(keep, stats, state.stats),
             bases=jax.tree_util.tree_map(keep, bases, state.bases),
             mu=jax.tree_util.tree_map(keep, tuple(mus), state.mu),

@@ -188,7 +188,7 @@ def _run_trials(iters: int, timeout: float, merged: bool, idle: float = 45.0) ->
 
 def test_multi_shape_refreshes_finish_in_subprocess():
     """One model with the shapes of two mixes (7 block shapes), 4 optimizers x 25 refreshes = 100 refreshes."""
-    out = _run_trials(iters=25, timeout=300, merged=True)
+    out = _run_trials(iters=25, timeout=900, merged=True)
     assert "refreshes 100" in out, out
 
 
