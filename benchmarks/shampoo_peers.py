@@ -201,7 +201,7 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
 def task_deep_linear(quick: bool):
     """``0.5 mean ||W_4 W_3 W_2 W_1 x - A x||^2`` with ``A`` of condition number 1e3, small random init."""
     rng = np.random.default_rng(10)
-    d, n, depth = (16, 128, 3) if quick else (32, 512, 4)
+    d, n, depth = (8, 64, 3) if quick else (32, 512, 4)
     u, _ = np.linalg.qr(rng.normal(size=(d, d)))
     v, _ = np.linalg.qr(rng.normal(size=(d, d)))
     a = jnp.asarray((u * np.logspace(0, -3, d)) @ v.T * 3.0, jnp.float32)
@@ -217,7 +217,7 @@ def task_deep_linear(quick: bool):
         return 0.5 * jnp.mean(jnp.sum((h - y) ** 2, -1))
 
     l0 = float(loss(params))
-    return dict(params=params, loss=loss, target=1e-3 * l0, metric=("final_loss", loss), steps=150 if quick else 400)
+    return dict(params=params, loss=loss, target=1e-3 * l0, metric=("final_loss", loss), steps=60 if quick else 400)
 
 
 def task_digits_autoencoder(quick: bool):
@@ -565,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 10; quick 2)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the methods (adamw always runs)")
+    parser.add_argument("--note", default="", help="with --merge: a sentence added to the notes")
     parser.add_argument("--lrs", default=None, help="comma-separated learning-rate grid (default: the grid above)")
     parser.add_argument("--timing-only", action="store_true", help="no learning-rate sweep: step time and state only")
     parser.add_argument("--name", default="shampoo_peers", help="result file name (for a part of the tasks)")
@@ -574,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.merge:
-        return merge_parts(args.merge.split(","), args.out)
+        return merge_parts(args.merge.split(","), args.out, args.note)
     try:  # as benchmarks/shampoo.py: single-threaded LAPACK (scipy's OpenBLAS threads thrash on a loaded machine)
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -593,7 +594,7 @@ def _main(args) -> dict:
     for name, p in peers.items():
         if not callable(p):
             log(f"skipping {name}: {p}")
-    tasks = args.tasks.split(",") if args.tasks else (["char_lm"] if quick else list(TASKS))
+    tasks = args.tasks.split(",") if args.tasks else (["deep_linear"] if quick else list(TASKS))
     lrs = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else (QUICK_LRS if quick else LRS)
     repeats = args.repeats or (2 if quick else 10)
     only = args.methods.split(",") if args.methods else None
@@ -641,7 +642,7 @@ def _write(args, tables, check, peers, lrs, repeats, load, total) -> dict:
     return write_results(args.name, tables, args.out, notes=notes, config=config)
 
 
-def merge_parts(paths: Sequence[str], out: str | None) -> dict:
+def merge_parts(paths: Sequence[str], out: str | None, note: str = "") -> dict:
     """Combine part results (task subsets run as separate processes, e.g. in parallel) into ``shampoo_peers``."""
     import json
 
@@ -662,6 +663,8 @@ def merge_parts(paths: Sequence[str], out: str | None) -> dict:
     config["parts"] = [[n for n in part["tables"] if n not in ("key_ratios", "matched_check")] for part in parts]
     load = [tuple(x) for x in config["loadavg"]]
     notes = build_notes(tables, config["lr_grid"], config["total_s"], load)
+    if note:
+        notes = notes.replace("## Notes\n", f"## Notes\n\n- {note}", 1)
     return write_results("shampoo_peers", tables, out, notes=notes, config=config)
 
 
