@@ -294,7 +294,7 @@ class RNODE(AbstractRegularizer):
 
     def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
         leaves, treedef = jtu.tree_flatten(y0)
-        keys = jax.random.split(key, len(leaves))
+        keys = [key] if len(leaves) == 1 else jax.random.split(key, len(leaves))  # one array: eps from key itself
         eps = jtu.tree_unflatten(
             treedef, [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
         )
