@@ -48,7 +48,9 @@ def methods(task: str, quick: bool = False) -> dict[str, optax.GradientTransform
         "muon": optax.contrib.muon(1.0),
         "shampoo": shampoo(1.0, **common),
         "soap": soap(1.0, beta1=0.9, beta2=0.999, shampoo_beta2=0.99, precondition_every=EVERY),
-        "shampoo_4bit": shampoo(1.0, quantize_eigenvectors=True, bjorck_iters=1, **common),
+        "shampoo_4bit": shampoo(
+            1.0, quantize_eigenvectors=True, four_bit_mode="eigenvalue_tracking", bjorck_iters=1, **common
+        ),
     }
     if task == "regression" and not quick:
         out["shampoo2"] = shampoo(1.0, exponent_override=0.5, **common)
@@ -287,7 +289,8 @@ def build_notes(tables: dict, lrs, total_s: float) -> str:
         f"- Learning-rate sweep: every method, every task, grid {list(lrs)}; the best rate has the fewest steps to the "
         "target loss (ties: lowest final loss). Same seeds, data and initialisation for all methods.",
         f"- Shampoo family: roots/eigenbases every {EVERY} steps, block size 128, statistics EMA beta2 = 0.99, Adam "
-        "grafting; SOAP betas (0.9, 0.999); 4-bit: Linear-2 4-bit eigenvectors, 1 Björck step.",
+        "grafting; SOAP betas (0.9, 0.999); 4-bit: Linear-2 4-bit eigenvectors, 1 Björck step, "
+        "four_bit_mode='eigenvalue_tracking' (no full-precision statistics).",
         "- per_step_ms: median over repeats of a jitted 10-step chunk from the common initial parameters and a fresh "
         "optimizer state (compile excluded), divided by 10 -- the root "
         "refresh is amortised. wall_to_target_s = steps_to_target x per_step. Timings on a small CPU are noisy "
