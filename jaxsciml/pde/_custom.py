@@ -62,8 +62,9 @@ def _axis(basis: TensorBasis, axis: int, kind: type, what: str) -> int:
 def _lift(u0: Array, basis: TensorBasis, axis: int) -> Array:
     """Coefficients of ``u0`` (a function of the other axes) as a function constant along ``axis``."""
     u0 = jnp.expand_dims(u0, axis)
+    off = u0.ndim - basis.ndim  # leading batch axes: `axis` counts them, `basis.shape` does not
     pad = [(0, 0)] * u0.ndim
-    pad[axis] = (0, basis.shape[axis] - 1)
+    pad[axis] = (0, basis.shape[axis - off] - 1)
     return jnp.pad(u0, pad)
 
 
@@ -136,7 +137,19 @@ class _BoundaryRows(AbstractConstraint):
 
     def __call__(self, u, params, basis):
         axis = _axis(basis, self.axis, Chebyshev, f"{type(self).__name__}")
-        return basis.enforce_bc(u, axis, self.kind, _value(self.left, params), _value(self.right, params))
+        left = _constant_trace(_value(self.left, params), basis, axis)
+        right = _constant_trace(_value(self.right, params), basis, axis)
+        return basis.enforce_bc(u, axis, self.kind, left, right)
+
+
+def _constant_trace(value, basis, axis):
+    """A scalar boundary value means the constant *function* on the other axes: return its coefficients there (a
+    scalar broadcast over coefficients would set every mode of the trace, not the constant). Arrays are taken as
+    coefficients of the trace already."""
+    if basis.ndim == 1 or jnp.ndim(value) != 0:
+        return value
+    others = TensorBasis(*(b for i, b in enumerate(basis.bases) if i != axis % basis.ndim))
+    return others.forward(jnp.full(others.shape, value, dtype=jnp.result_type(float)))
 
 
 class Dirichlet(_BoundaryRows):
