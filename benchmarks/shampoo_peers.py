@@ -4,10 +4,9 @@ Methods (each skipped with a printed reason when its package is not importable):
 
 - ``adamw``: ``optax.adamw`` (weight decay 0); ``muon``: ``optax.contrib.muon``;
 - ``shampoo`` (``jaxsciml.optim.shampoo``, eigh roots; coupled-Newton roots are compared in
-  ``benchmarks/shampoo_scale.py``), at the settings of ``distributed_shampoo`` below, with jaxsciml's bias-corrected
-  momentum; ``shampoo_matched``: ``shampoo``
-  with the learning-rate factor ``1 - beta1^t`` that cancels the bias correction, i.e. distributed_shampoo's plain EMA
-  momentum (the exact match; see the ``matched_check`` table);
+  ``benchmarks/shampoo_scale.py``), at the settings of ``distributed_shampoo`` below, with jaxsciml's default
+  bias-corrected momentum; ``shampoo_matched``: the same with ``bias_correction=False``, i.e. distributed_shampoo's
+  plain EMA momentum (the exact match; see the ``matched_check`` table);
 - ``distributed_shampoo``: google-research's reference JAX Shampoo as packaged by ``optax-shampoo`` (PyPI);
 - ``psgd_kron``: PSGD Kron from ``psgd-jax`` (its defaults; preconditioner update probability 1 for its first 500
   steps, so it updates its preconditioner every step in these runs).
@@ -83,7 +82,7 @@ DIFFERENCES = (
     "root dtype needs jax_enable_x64)",
     "momentum: jaxsciml applies Adam's bias correction 1/(1 - beta1^t) to the EMA momentum; distributed_shampoo's "
     "moving-average momentum has none (10x larger first step for jaxsciml at the same learning rate); "
-    "`shampoo_matched` cancels it with the learning-rate factor 1 - beta1^t",
+    "`shampoo_matched` turns it off (`bias_correction=False`)",
     "grafting norm: jaxsciml per block, distributed_shampoo per parameter (identical when a parameter is one block)",
     "blocking: jaxsciml zero-pads the last block to the block size, distributed_shampoo keeps a smaller remainder "
     "block (identical when dimensions are multiples of 128 or <= 128, as here except the transformer's 256-wide "
@@ -160,7 +159,7 @@ def load_peers() -> dict[str, Callable | str]:
     return out
 
 
-def jaxsciml_shampoo(lr, root_method="eigh", block_size=BLOCK, beta1=BETA1):
+def jaxsciml_shampoo(lr, root_method="eigh", block_size=BLOCK, beta1=BETA1, bias_correction=True):
     return shampoo(
         lr,
         block_size=block_size,
@@ -174,13 +173,8 @@ def jaxsciml_shampoo(lr, root_method="eigh", block_size=BLOCK, beta1=BETA1):
         graft_beta2=BETA2,
         graft_epsilon=GRAFT_EPS,
         nesterov=False,
+        bias_correction=bias_correction,
     )
-
-
-def undo_bias_correction(count):
-    """Learning-rate factor ``1 - beta1^t`` (``t = count + 1``): cancels the Adam bias correction of jaxsciml's
-    momentum, so that ``shampoo`` with it has distributed_shampoo's plain EMA momentum (the exact match)."""
-    return 1.0 - BETA1 ** (count + 1).astype(jnp.float32)
 
 
 def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
@@ -189,7 +183,7 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
         "adamw": optax.adamw(1.0, weight_decay=0.0),
         "muon": optax.contrib.muon(1.0),
         "shampoo": jaxsciml_shampoo(1.0),
-        "shampoo_matched": jaxsciml_shampoo(undo_bias_correction),
+        "shampoo_matched": jaxsciml_shampoo(1.0, bias_correction=False),
     }
     for name, p in peers.items():
         if callable(p):
@@ -485,8 +479,9 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
 
     Each optimizer follows its own trajectory from the same start at the same learning rate; per step, the cosine
     and norm ratio of the two updates. With ``beta1 = 0`` the only differences left are the statistics' start
-    (0 vs ``matrix_epsilon * I``) and root round-off; with ``beta1 = 0.9`` jaxsciml's bias-corrected momentum makes
-    the first update ``1 / (1 - beta1) = 10`` times larger and the trajectories separate.
+    (0 vs ``matrix_epsilon * I``) and root round-off; with ``beta1 = 0.9`` jaxsciml's default bias-corrected momentum
+    makes the first update ``1 / (1 - beta1) = 10`` times larger and the trajectories separate, while
+    ``bias_correction=False`` (the matched setting) keeps them together.
     """
     ds = peers.get("distributed_shampoo")
     if not callable(ds):
@@ -494,8 +489,8 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
     t = BASE_TASKS["regression"](False)
     loss, p0 = t["loss"], t["params"]
     rows = []
-    for beta1 in (0.0, BETA1):
-        opts = [jaxsciml_shampoo(1.0, beta1=beta1), ds(1.0, beta1=beta1)]
+    for beta1, bias_correction in ((0.0, True), (BETA1, True), (BETA1, False)):
+        opts = [jaxsciml_shampoo(1.0, beta1=beta1, bias_correction=bias_correction), ds(1.0, beta1=beta1)]
 
         def run(opt):
             def step(carry, _):
@@ -513,6 +508,7 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
         rows.append(
             dict(
                 beta1=beta1,
+                bias_correction=bias_correction,
                 steps=steps,
                 lr=lr,
                 min_cosine=float(cos.min()),
@@ -697,7 +693,8 @@ def build_notes(tables: dict, lrs, total_s: Sequence[float], load) -> str:
     ]
     for r in tables.get("matched_check", []):
         lines.append(
-            f"- matched check (regression, lr {r['lr']}, beta1 {r['beta1']}): min cosine of the two updates over "
+            f"- matched check (regression, lr {r['lr']}, beta1 {r['beta1']}, bias_correction "
+            f"{r.get('bias_correction', True)}): min cosine of the two updates over "
             f"{r['steps']} steps {r['min_cosine']:.5f}, first-step norm ratio {r['step1_norm_ratio']:.3f}, max "
             f"|norm ratio - 1| {r['max_norm_ratio_dev']:.2e}"
         )

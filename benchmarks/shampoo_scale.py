@@ -57,6 +57,25 @@ def _peak_bytes(compiled) -> int | None:
         return None
 
 
+def _training_loop(opt):
+    """``EVERY`` steps of SGD-style training (``params += update``) in one jitted ``lax.scan`` with the optimizer
+    state donated, as a training loop runs it: state buffers are updated in place, not re-allocated per step."""
+
+    def loop(state, params, grads):
+        def body(carry, _):
+            p, s = carry
+            u, s = opt.update(grads, s, p)
+            return (jax.tree_util.tree_map(lambda a, b: a + 1e-3 * b, p, u), s), None
+
+        return jax.lax.scan(body, (params, state), None, length=EVERY)[0]
+
+    return jax.jit(loop, donate_argnums=0)
+
+
+def _copy(tree):
+    return block(jax.tree_util.tree_map(jnp.copy, tree))
+
+
 def run_shape(shape, opts: dict, repeats: int, refresh_repeats: int, block_size: int, log) -> list[dict]:
     params = {"w": jnp.zeros(shape, jnp.float32)}
     grads = [{"w": jax.random.normal(k, shape, jnp.float32)} for k in jax.random.split(jax.random.key(0), 4)]
@@ -72,23 +91,29 @@ def run_shape(shape, opts: dict, repeats: int, refresh_repeats: int, block_size:
         block(s)
         # jaxsciml refreshes when (t - 1) % EVERY == 0 (t = count + 1); distributed_shampoo when count % EVERY == 0
         s_refresh, s_plain = _set_count(s, EVERY), _set_count(s, EVERY + 1)
-        prepared[name] = (compiled, s_refresh, s_plain, compile_s, state_memory_bytes(s), _peak_bytes(compiled))
+        loop = _training_loop(opt).lower(_copy(s_plain), params, grads[3]).compile()
+        prepared[name] = (compiled, s_refresh, s_plain, loop, compile_s, state_memory_bytes(s), _peak_bytes(compiled))
         log(f"  {shape} {name}: compiled in {compile_s:.1f} s")
-    times = {n: {"refresh": [], "step": []} for n in prepared}
+    times = {n: {"refresh": [], "step": [], "loop": []} for n in prepared}
     names = list(prepared)
     for r in range(max(repeats, refresh_repeats)):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            compiled, s_refresh, s_plain = prepared[n][:3]
+            compiled, s_refresh, s_plain, loop = prepared[n][:4]
             kinds = (("refresh", s_refresh),) if r < refresh_repeats else ()
             kinds += (("step", s_plain),) if r < repeats else ()
             for kind, s in kinds:
                 t0 = time.perf_counter()
                 block(compiled(grads[3], s, params))
                 times[n][kind].append(time.perf_counter() - t0)
+            if r < refresh_repeats:  # EVERY steps from t = EVERY + 2: exactly one refresh inside the loop
+                s = _copy(s_plain)
+                t0 = time.perf_counter()
+                block(loop(s, params, grads[3]))
+                times[n]["loop"].append(time.perf_counter() - t0)
         log(f"  {shape} round {r + 1} done")
     rows = []
     for n in names:
-        compile_s, state_b, peak_b = prepared[n][3:]
+        compile_s, state_b, peak_b = prepared[n][4:]
         refresh, step = statistics.median(times[n]["refresh"]), statistics.median(times[n]["step"])
         rows.append(
             dict(
@@ -98,15 +123,20 @@ def run_shape(shape, opts: dict, repeats: int, refresh_repeats: int, block_size:
                 refresh_s=refresh,
                 step_ms=1e3 * step,
                 amortised_ms=1e3 * (refresh + (EVERY - 1) * step) / EVERY,
+                loop_step_ms=1e3 * statistics.median(times[n]["loop"]) / EVERY,
                 compile_s=compile_s,
                 state_mib=state_b / 2**20,
                 peak_update_mib=peak_b / 2**20 if peak_b is not None else float("nan"),
             )
         )
-    base = next(r for r in rows if r["method"] == "shampoo_eigh")
-    for r in rows:
-        r["refresh_vs_eigh"] = r["refresh_s"] / base["refresh_s"]
-        r["step_vs_eigh"] = r["step_ms"] / base["step_ms"]
+    for ref in ("shampoo_eigh", "distributed_shampoo"):
+        base = next((r for r in rows if r["method"] == ref), None)
+        if base is None:
+            continue
+        tag = "eigh" if ref == "shampoo_eigh" else "ds"
+        for r in rows:
+            for key in ("refresh_s", "step_ms", "loop_step_ms"):
+                r[f"{key.rsplit('_', 1)[0]}_vs_{tag}"] = r[key] / base[key]
     return rows
 
 
@@ -173,7 +203,10 @@ def _write(args, tables, shapes, block_size, repeats, refresh_repeats, load, tot
             "",
             "- refresh_s: one update that recomputes every root; step_ms: one update that does not; amortised_ms: "
             f"(refresh + {EVERY - 1} steps) / {EVERY}. Medians over interleaved rounds ({refresh_repeats} refreshes, "
-            f"{repeats} ordinary steps per method); compile excluded. "
+            f"{repeats} ordinary steps per method); compile excluded. Both are single jitted `update` calls without "
+            "buffer donation, so they include allocating a fresh output state. loop_step_ms: a jitted `lax.scan` of "
+            f"{EVERY} training steps (exactly one refresh) with the state donated, divided by {EVERY}: the amortised "
+            "step as a training loop (e.g. `jaxsciml.train.fit`) runs it. `*_vs_ds`: ratio to distributed_shampoo. "
             "BLAS/LAPACK threads limited to 1; XLA's own CPU thread pool as default.",
             "- peak_update_mib: XLA memory analysis of the compiled update (arguments + outputs + temporaries - "
             "aliased); state_mib: optimizer-state bytes.",

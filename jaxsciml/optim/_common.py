@@ -98,9 +98,16 @@ def decay_coefficient(beta2):
     return jnp.where(beta2 >= 1.0, 1.0, 1.0 - beta2)
 
 
-def momentum_update(u, mu, t, beta1, nesterov: bool):
-    """Adam-style first moment with bias correction (optax's Nesterov form when ``nesterov``)."""
+def momentum_update(u, mu, t, beta1, nesterov: bool, bias_correction: bool = True):
+    """EMA first moment ``mu <- beta1 mu + (1 - beta1) u`` -> (direction, mu).
+
+    ``bias_correction``: Adam's ``1 / (1 - beta1^t)`` (optax's Nesterov form when ``nesterov``); without it the
+    direction is ``mu`` itself (``beta1 mu + (1 - beta1) u`` with ``nesterov``), distributed_shampoo's
+    ``moving_average_for_momentum=True``.
+    """
     mu = beta1 * mu + (1.0 - beta1) * u
+    if not bias_correction:
+        return (beta1 * mu + (1.0 - beta1) * u if nesterov else mu), mu
     tf = t.astype(u.dtype)
     if nesterov:
         out = beta1 * mu / (1.0 - beta1 ** (tf + 1.0)) + (1.0 - beta1) * u / (1.0 - beta1**tf)

@@ -56,6 +56,7 @@ STATIC_ARGS = (
     "root_method",
     "graft",
     "nesterov",
+    "bias_correction",
     "merge_small_dims",
     "max_preconditioner_dim",
     "power_iterations",
@@ -236,6 +237,7 @@ def scale_by_shampoo(
     graft_beta2: float = 0.999,
     graft_epsilon: float = 1e-8,
     nesterov: bool = False,
+    bias_correction: bool = True,
     merge_small_dims: bool = True,
     max_preconditioner_dim: int | None = None,
     power_iterations: int = 1,
@@ -268,7 +270,10 @@ def scale_by_shampoo(
 
     Grafting (per block): ``D <- D * ||A|| / ||D||`` with ``A`` the update of ``graft`` (``"sgd"``: ``G``;
     ``"adagrad"``; ``"rmsprop"``; ``"adam"``: RMSprop with bias correction). Then the first moment
-    ``m <- beta1 m + (1 - beta1) u`` with Adam's bias correction (optax's form with ``nesterov``).
+    ``m <- beta1 m + (1 - beta1) u`` with Adam's bias correction ``1 / (1 - beta1^t)`` (optax's form with
+    ``nesterov``); ``bias_correction=False`` uses ``m`` itself, the plain EMA momentum of distributed_shampoo
+    (``moving_average_for_momentum=True``), whose first steps are ``1 - beta1^t`` times smaller at the same
+    learning rate.
 
     **Non-finite gradients** (any NaN/inf in the whole tree): the step is skipped -- statistics, accumulators, momentum
     and ``count`` are unchanged, ``skipped`` is incremented and the returned update is zero.
@@ -322,6 +327,8 @@ def scale_by_shampoo(
         graft: ``"none"``, ``"sgd"``, ``"adagrad"``, ``"rmsprop"`` or ``"adam"``.
         graft_beta2, graft_epsilon: decay and epsilon of the graft / diagonal method.
         nesterov: Nesterov momentum.
+        bias_correction: divide the momentum by ``1 - beta1^t`` (Adam's correction; ``False``: plain EMA, as
+            distributed_shampoo).
         merge_small_dims: merge consecutive small dims (limit ``block_size``, or ``max_preconditioner_dim``).
         max_preconditioner_dim: leaves with a larger block dim use the diagonal fallback.
         power_iterations: New-Perspective levels (1 = Shampoo).
@@ -367,6 +374,9 @@ def scale_by_shampoo(
     )
     C.positive_float("graft_epsilon", graft_epsilon)
     C.unit_interval("graft_beta2", graft_beta2, closed_low=False)
+    for name, flag in (("nesterov", nesterov), ("bias_correction", bias_correction)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"`mesh` must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
     if mesh is not None and mesh_axis is not None and mesh_axis not in mesh.axis_names:
@@ -657,7 +667,7 @@ def scale_by_shampoo(
         # momentum
         new_mu = []
         if use_mu:
-            res = [C.momentum_update(u, mu, t, beta1, nesterov) for u, mu in zip(outs, state.mu)]
+            res = [C.momentum_update(u, mu, t, beta1, nesterov, bias_correction) for u, mu in zip(outs, state.mu)]
             outs = [r[0] for r in res]
             new_mu = [r[1] for r in res]
         else:
@@ -675,15 +685,20 @@ def scale_by_shampoo(
             graft=tuple(new_gacc),
             mu=tuple(new_mu),
         )
+        # A skipped step leaves the state unchanged. Roots (and 4-bit eigen-pairs outside eigenvalue tracking) change
+        # only inside the refresh, whose predicate already requires `finite`: no select over them (at block 1024
+        # that would be a full extra pass over every root on every step).
         keep = lambda n, o: jnp.where(finite, n, o)
         new_state = new_state._replace(
             stats=jax.tree_util.tree_map(keep, new_state.stats, state.stats),
-            roots=jax.tree_util.tree_map(keep, new_state.roots, state.roots),
-            eigvals=jax.tree_util.tree_map(keep, new_state.eigvals, state.eigvals),
-            eigvecs=jax.tree_util.tree_map(keep, new_state.eigvecs, state.eigvecs),
             graft=jax.tree_util.tree_map(keep, new_state.graft, state.graft),
             mu=jax.tree_util.tree_map(keep, new_state.mu, state.mu),
         )
+        if tracking:
+            new_state = new_state._replace(
+                eigvals=jax.tree_util.tree_map(keep, new_state.eigvals, state.eigvals),
+                eigvecs=jax.tree_util.tree_map(keep, new_state.eigvecs, state.eigvecs),
+            )
         outs = [jnp.where(finite, u, 0).astype(g.dtype) for u, g in zip(outs, leaves)]
         return jax.tree_util.tree_unflatten(treedef, outs), new_state
 
@@ -713,6 +728,7 @@ def shampoo(
     graft_beta2: float = 0.999,
     graft_epsilon: float = 1e-8,
     nesterov: bool = False,
+    bias_correction: bool = True,
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
     merge_small_dims: bool = True,
@@ -749,6 +765,7 @@ def shampoo(
             graft_beta2=graft_beta2,
             graft_epsilon=graft_epsilon,
             nesterov=nesterov,
+            bias_correction=bias_correction,
             merge_small_dims=merge_small_dims,
             max_preconditioner_dim=max_preconditioner_dim,
             power_iterations=power_iterations,

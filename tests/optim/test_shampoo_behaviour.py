@@ -264,3 +264,47 @@ def test_none_leaves_and_masked_subtrees(factory):
     # float32 roots of the rank-deficient 2-step statistics differ by ~1e-3 relative between two compiled programs
     np.testing.assert_allclose(u["w"], u2["w"], rtol=1e-2, atol=2e-5)
     np.testing.assert_allclose(u["b"], u2["b"], rtol=1e-2, atol=2e-5)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_bias_correction_matches_optax_ema(x64, nesterov):
+    """With a fixed gradient sequence the Shampoo directions do not depend on the momentum, so ``beta1 > 0`` must
+    equal the ``beta1 = 0`` directions passed through an EMA: ``optax.ema(debias=True)`` for the default
+    (Adam's correction), ``debias=False`` for ``bias_correction=False`` (distributed_shampoo's moving-average
+    momentum); with ``nesterov`` the direction is ``beta1 m_t + (1 - beta1) d_t`` (debiased as optax's nadam).
+    Float64: the comparison is exact up to round-off (1e-12)."""
+    params = mixed_params()
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+    beta1 = 0.9
+    kw = dict(block_size=16, precondition_every=2, graft="rmsprop", graft_beta2=0.99, beta2=0.99)
+    plain = scale_by_shampoo(beta1=0.0, **kw)
+    opts = {bc: scale_by_shampoo(beta1=beta1, nesterov=nesterov, bias_correction=bc, **kw) for bc in (True, False)}
+    states = {bc: o.init(params) for bc, o in opts.items()}
+    s0 = plain.init(params)
+    mu = jax.tree_util.tree_map(jnp.zeros_like, params)
+    emas = {bc: optax.ema(beta1, debias=bc) for bc in (True, False)}
+    ema_states = {bc: e.init(params) for bc, e in emas.items()}
+    for t in range(1, 6):
+        g = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), grads_like(params, t))
+        d, s0 = plain.update(g, s0)
+        mu = jax.tree_util.tree_map(lambda m, x: beta1 * m + (1 - beta1) * x, mu, d)
+        for bc, opt in opts.items():
+            u, states[bc] = opt.update(g, states[bc])
+            if nesterov:
+                if bc:
+                    want = jax.tree_util.tree_map(
+                        lambda m, x, t=t: beta1 * m / (1 - beta1 ** (t + 1)) + (1 - beta1) * x / (1 - beta1**t), mu, d
+                    )
+                else:
+                    want = jax.tree_util.tree_map(lambda m, x: beta1 * m + (1 - beta1) * x, mu, d)
+            else:
+                want, ema_states[bc] = emas[bc].update(d, ema_states[bc])
+            for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(want)):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bias_correction_must_be_bool():
+    with pytest.raises(TypeError, match="bias_correction"):
+        shampoo(0.1, bias_correction="no")
+    with pytest.raises(TypeError, match="nesterov"):
+        scale_by_shampoo(nesterov=1)
