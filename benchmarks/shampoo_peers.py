@@ -408,11 +408,16 @@ def run_task(
             log(f"  {name}/{mname}: compiled")
             continue
         t0 = time.perf_counter()
-        block(train(params, jnp.float32(lrs[0])))
+        train_lowered = train.lower(params, jnp.float32(lrs[0])).compile()
         compile_s = time.perf_counter() - t0
-        best = None
+        best, failures = None, []
         for lr in lrs:
-            p, losses, final = train(params, jnp.float32(lr))
+            try:
+                p, losses, final = block(train_lowered(params, jnp.float32(lr)))
+            except Exception as e:  # noqa: BLE001 -- a run that errors out (e.g. an ODE solve past max_steps) diverged
+                failures.append(lr)
+                log(f"  {name}/{mname}: lr {lr:g} failed ({type(e).__name__}: {str(e).splitlines()[-1][:120]})")
+                continue
             curve = _curve(np.asarray(losses, np.float64), float(final), smooth)
             finite = bool(np.all(np.isfinite(curve[1:])))
             n_hit = steps_to_target(np.nan_to_num(curve, nan=np.inf), target) if finite else None
@@ -420,6 +425,20 @@ def run_task(
             key = (n_hit if n_hit is not None else steps + 1, final_loss)
             if best is None or key < best[0]:
                 best = (key, lr, p, n_hit, final_loss)
+        if best is None:  # every learning rate failed: report it, time nothing
+            rows.append(
+                dict(
+                    task=name,
+                    method=mname,
+                    lr=float("nan"),
+                    steps_to_target=f">{steps}",
+                    final_loss=float("inf"),
+                    failed_lrs=list(failures),
+                    state_bytes=state_memory_bytes(opt.init(params)),
+                    compile_s=compile_s,
+                )
+            )
+            continue
         (_, lr, p, n_hit, final_loss) = best
         t0 = time.perf_counter()
         block(chunk(params, jnp.float32(lr)))
@@ -436,6 +455,7 @@ def run_task(
                 final_metric=float(metric_fn(p)),
                 state_bytes=state_memory_bytes(opt.init(params)),
                 compile_s=compile_s + chunk_compile_s,
+                **({"failed_lrs": failures} if failures else {}),
             )
         )
         log(f"  {name}/{mname}: lr {lr:g}, steps to target {rows[-1]['steps_to_target']}, final {final_loss:.4g}")
@@ -452,6 +472,9 @@ def run_task(
     base_steps = next(r["steps_to_target"] for r in rows if r["method"] == "adamw")
     for row in rows:
         n = row["method"]
+        if n not in times:  # every learning rate failed
+            row["step_ms"] = row["step_ratio"] = float("nan")
+            continue
         row["step_ms"] = 1e3 * statistics.median(times[n])
         row["step_ratio"] = statistics.median(a / b for a, b in zip(times[n], times["adamw"]))
         s = row["steps_to_target"]
@@ -467,7 +490,7 @@ def run_task(
             )
     if "distributed_shampoo" in times:
         for row in rows:
-            if row["method"].startswith("shampoo"):
+            if row["method"].startswith("shampoo") and row["method"] in times:
                 row["step_ratio_vs_ds"] = statistics.median(
                     a / b for a, b in zip(times[row["method"]], times["distributed_shampoo"])
                 )
