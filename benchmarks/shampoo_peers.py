@@ -236,7 +236,8 @@ def task_digits_autoencoder(quick: bool):
         return jnp.mean(jnp.sum((z - xs) ** 2, -1))
 
     l0 = float(loss(params))
-    return dict(params=params, loss=loss, target=0.2 * l0, metric=("final_loss", loss), steps=150 if quick else 400)
+    # 4% of the initial loss (~1.1 summed squared error per image): 20% was reached by every method in 7 steps
+    return dict(params=params, loss=loss, target=0.04 * l0, metric=("final_loss", loss), steps=150 if quick else 400)
 
 
 def _text() -> str:

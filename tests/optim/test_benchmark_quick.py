@@ -117,3 +117,26 @@ def test_matched_variant_is_the_plain_ema_momentum():
         up, sp = jax.jit(plain.update)(g, sp, params)
         um, sm = jax.jit(matched.update)(g, sm, params)
         assert jnp.allclose(um["w"], (1.0 - BETA1**t) * up["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_peers_learning_rate_that_errors_counts_as_diverged(monkeypatch):
+    """A learning rate whose run raises at run time (an ODE solve past max_steps, an eqx.error_if) is reported as
+    failed and excluded from the choice of the best rate instead of ending the whole benchmark."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import benchmarks.shampoo_peers as sp
+
+    def task(quick):
+        def loss(p):
+            w = eqx.error_if(p["w"], jnp.any(jnp.abs(p["w"]) > 1e3), "diverged")
+            return jnp.sum((w - 1.0) ** 2)
+
+        params = {"w": jnp.zeros((4, 4))}
+        return dict(params=params, loss=loss, target=1e-2 * 16.0, metric=("final_loss", loss), steps=20)
+
+    monkeypatch.setitem(sp.TASKS, "toy", task)
+    monkeypatch.setattr(sp, "methods", lambda peers: {"adamw": sp.optax.adam(1.0)})
+    rows = sp.run_task("toy", True, (0.1, 1e4), 2, {}, lambda s: None)
+    (row,) = rows
+    assert row["failed_lrs"] == [1e4] and row["lr"] == 0.1 and isinstance(row["steps_to_target"], int)
