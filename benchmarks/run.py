@@ -11,7 +11,7 @@ Usage (from the repository root)::
 
 Each benchmark script writes ``<name>.json`` and ``<name>.md``; this runner adds ``SUMMARY.md`` (machine, versions,
 date and every table) and one comparison plot per benchmark (``<name>.png``: every column whose name contains
-``ratio``, per row).
+``ratio`` or ``_vs_``, per row).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _label(row: dict) -> str:
 
 
 def plot_ratios(payload: dict, path: Path) -> bool:
-    """Bar chart of every column whose name contains ``ratio`` of every table; returns whether a figure was written."""
+    """Bar chart of every column whose name contains ``ratio`` or ``_vs_`` (a ratio to a baseline) of every table;
+    returns whether a figure was written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +50,7 @@ def plot_ratios(payload: dict, path: Path) -> bool:
 
     panels = []
     for title, rows in payload.get("tables", {}).items():
-        cols = sorted({c for r in rows for c in r if "ratio" in c})
+        cols = sorted({c for r in rows for c in r if "ratio" in c or "_vs_" in c})
         for c in cols:
             pts = [(_label(r), float(r[c])) for r in rows if isinstance(r.get(c), int | float)]
             if pts:

@@ -4,9 +4,9 @@ Methods (each skipped with a printed reason when its package is not importable):
 
 - ``adamw``: ``optax.adamw`` (weight decay 0); ``muon``: ``optax.contrib.muon``;
 - ``shampoo`` (``jaxsciml.optim.shampoo``, eigh roots; coupled-Newton roots are compared in
-  ``benchmarks/shampoo_scale.py``), at the settings of ``distributed_shampoo`` below, with jaxsciml's default
-  bias-corrected momentum; ``shampoo_matched``: the same with ``bias_correction=False``, i.e. distributed_shampoo's
-  plain EMA momentum (the exact match; see the ``matched_check`` table);
+  ``benchmarks/shampoo_scale.py``), at the settings of ``distributed_shampoo`` below; its default momentum is
+  distributed_shampoo's plain EMA (the exact match; see the ``matched_check`` table); ``shampoo_bias_corrected``:
+  the same with ``bias_correction=True`` (Adam's bias correction of the momentum, jaxsciml's default before 2026-12);
 - ``distributed_shampoo``: google-research's reference JAX Shampoo as packaged by ``optax-shampoo`` (PyPI);
 - ``psgd_kron``: PSGD Kron from ``psgd-jax`` (its defaults; preconditioner update probability 1 for its first 500
   steps, so it updates its preconditioner every step in these runs).
@@ -80,9 +80,8 @@ DIFFERENCES = (
     "distributed_shampoo: coupled Newton (error tolerance 1e-6, <= 100 iterations, lambda_max by 100 power "
     "iterations) over all statistics zero-padded to the largest one, in one batched call, in float32 (its float64 "
     "root dtype needs jax_enable_x64)",
-    "momentum: jaxsciml applies Adam's bias correction 1/(1 - beta1^t) to the EMA momentum; distributed_shampoo's "
-    "moving-average momentum has none (10x larger first step for jaxsciml at the same learning rate); "
-    "`shampoo_matched` turns it off (`bias_correction=False`)",
+    "momentum: none left (both a plain EMA); `shampoo_bias_corrected` divides it by 1 - beta1^t (Adam's bias "
+    "correction: a 10x larger first step at the same learning rate)",
     "grafting norm: jaxsciml per block, distributed_shampoo per parameter (identical when a parameter is one block)",
     "blocking: jaxsciml zero-pads the last block to the block size, distributed_shampoo keeps a smaller remainder "
     "block (identical when dimensions are multiples of 128 or <= 128, as here except the transformer's 256-wide "
@@ -159,7 +158,7 @@ def load_peers() -> dict[str, Callable | str]:
     return out
 
 
-def jaxsciml_shampoo(lr, root_method="eigh", block_size=BLOCK, beta1=BETA1, bias_correction=True):
+def jaxsciml_shampoo(lr, root_method="eigh", block_size=BLOCK, beta1=BETA1, bias_correction=False):
     return shampoo(
         lr,
         block_size=block_size,
@@ -183,7 +182,7 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
         "adamw": optax.adamw(1.0, weight_decay=0.0),
         "muon": optax.contrib.muon(1.0),
         "shampoo": jaxsciml_shampoo(1.0),
-        "shampoo_matched": jaxsciml_shampoo(1.0, bias_correction=False),
+        "shampoo_bias_corrected": jaxsciml_shampoo(1.0, bias_correction=True),
     }
     for name, p in peers.items():
         if callable(p):
@@ -503,9 +502,9 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
 
     Each optimizer follows its own trajectory from the same start at the same learning rate; per step, the cosine
     and norm ratio of the two updates. With ``beta1 = 0`` the only differences left are the statistics' start
-    (0 vs ``matrix_epsilon * I``) and root round-off; with ``beta1 = 0.9`` jaxsciml's default bias-corrected momentum
-    makes the first update ``1 / (1 - beta1) = 10`` times larger and the trajectories separate, while
-    ``bias_correction=False`` (the matched setting) keeps them together.
+    (0 vs ``matrix_epsilon * I``) and root round-off; with ``beta1 = 0.9`` the default plain EMA momentum keeps them
+    together, while ``bias_correction=True`` makes the first update ``1 / (1 - beta1) = 10`` times larger and the
+    trajectories separate.
     """
     ds = peers.get("distributed_shampoo")
     if not callable(ds):
@@ -513,7 +512,7 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
     t = BASE_TASKS["regression"](False)
     loss, p0 = t["loss"], t["params"]
     rows = []
-    for beta1, bias_correction in ((0.0, True), (BETA1, True), (BETA1, False)):
+    for beta1, bias_correction in ((0.0, False), (BETA1, False), (BETA1, True)):
         opts = [jaxsciml_shampoo(1.0, beta1=beta1, bias_correction=bias_correction), ds(1.0, beta1=beta1)]
 
         def run(opt):
@@ -555,21 +554,19 @@ def _le(a, b) -> bool | str:
 
 
 def key_rows(tables: dict) -> list[dict]:
-    """One row per task: jaxsciml shampoo (default and matched momentum) vs distributed_shampoo and adamw."""
+    """One row per task: jaxsciml shampoo (default momentum, and bias-corrected) vs distributed_shampoo and adamw."""
     out = []
     for name, rows in tables.items():
         by = {r["method"]: r for r in rows}
         if "shampoo" not in by:
             continue
-        js, jm, aw, ds = by["shampoo"], by.get("shampoo_matched"), by["adamw"], by.get("distributed_shampoo")
+        js, jb, aw, ds = by["shampoo"], by.get("shampoo_bias_corrected"), by["adamw"], by.get("distributed_shampoo")
         row = dict(task=name, adamw_steps=aw["steps_to_target"], shampoo_steps=js["steps_to_target"])
-        if jm is not None:
-            row["matched_steps"] = jm["steps_to_target"]
+        if jb is not None:
+            row["bias_corrected_steps"] = jb["steps_to_target"]
         if ds is not None:
             row["ds_steps"] = ds["steps_to_target"]
             row["steps_le_ds"] = _le(js["steps_to_target"], ds["steps_to_target"])
-            if jm is not None:
-                row["matched_steps_le_ds"] = _le(jm["steps_to_target"], ds["steps_to_target"])
             row["step_time_vs_ds"] = js["step_ratio_vs_ds"]
             row["ds_step_time_vs_adamw"] = ds["step_ratio"]
         row["step_time_vs_adamw"] = js["step_ratio"]
@@ -718,17 +715,13 @@ def build_notes(tables: dict, lrs, total_s: Sequence[float], load) -> str:
     for r in tables.get("matched_check", []):
         lines.append(
             f"- matched check (regression, lr {r['lr']}, beta1 {r['beta1']}, bias_correction "
-            f"{r.get('bias_correction', True)}): min cosine of the two updates over "
+            f"{r.get('bias_correction', False)}): min cosine of the two updates over "
             f"{r['steps']} steps {r['min_cosine']:.5f}, first-step norm ratio {r['step1_norm_ratio']:.3f}, max "
             f"|norm ratio - 1| {r['max_norm_ratio_dev']:.2e}"
         )
     for r in tables.get("key_ratios", []):
         if "ds_steps" in r:
-            matched = (
-                f", matched momentum {r['matched_steps']} ({_verdict(r['matched_steps_le_ds'])})"
-                if "matched_steps" in r
-                else ""
-            )
+            matched = f"; bias-corrected momentum {r['bias_corrected_steps']}" if "bias_corrected_steps" in r else ""
             lines.append(
                 f"- {r['task']}: steps to target jaxsciml {r['shampoo_steps']} vs distributed_shampoo {r['ds_steps']} "
                 f"({_verdict(r['steps_le_ds'])}: equal or fewer{matched}); amortised step "

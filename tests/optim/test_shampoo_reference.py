@@ -141,17 +141,22 @@ def test_exponent_override_and_refresh_interval(x64):
         np.testing.assert_allclose(out, roots[0] @ g @ roots[1], rtol=1e-6, atol=1e-6)
 
 
-def test_momentum_matches_reference(x64):
-    """beta1 momentum with Adam bias correction on top of the (ungrafted) Shampoo direction."""
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_momentum_matches_reference(x64, bias_correction):
+    """beta1 EMA momentum on top of the (ungrafted) Shampoo direction: used as it is (default, distributed_shampoo's
+    moving average) or with Adam's bias correction 1 / (1 - beta1^t)."""
     grads = make_grads((4, 3), steps=3)
     eps, b1 = 1e-4, 0.9
-    opt = scale_by_shampoo(block_size=None, beta1=b1, beta2=1.0, epsilon=eps, precondition_every=1, graft="none")
+    opt = scale_by_shampoo(
+        block_size=None, beta1=b1, beta2=1.0, epsilon=eps, precondition_every=1, graft="none",
+        bias_correction=bias_correction,
+    )  # fmt: skip
     got = run_opt(opt, grads)
     dirs = ref_matrix_shampoo(grads, None, eps, 1.0, "none")
     mu = np.zeros((4, 3))
     for t, (d, out) in enumerate(zip(dirs, got), start=1):
         mu = b1 * mu + (1 - b1) * d
-        np.testing.assert_allclose(out, mu / (1 - b1**t), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out, mu / (1 - b1**t) if bias_correction else mu, rtol=1e-6, atol=1e-6)
 
 
 def test_newton_matches_eigh(x64):
