@@ -162,6 +162,7 @@ def _sde(scale_noise=0.05):
     return NeuralSDE(drift, diffusion, 0.0, 1.0, rtol=1e-2, atol=1e-2, dtmin=1e-4)
 
 
+@pytest.mark.slow  # ~65 s on a 2-core CI machine; NeuralSDE also runs in test_generality's default tests
 def test_neural_sde_error_regularization_reduces_steps():
     # Same model, data, noise and optimiser; only the error weight differs. After 25 Adam steps the regularized SDE
     # takes fewer solver steps on fresh Brownian paths.

@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
+
 from benchmarks.nsm import main
 
 
+@pytest.mark.slow  # ~150 s on a 2-core CI machine (compiles FNO, NSM and reference solvers for three problems)
 def test_benchmark_quick(tmp_path):
     out = main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "nsm_quick.json").exists() and (tmp_path / "nsm_quick.md").exists()
