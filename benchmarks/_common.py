@@ -51,6 +51,23 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def single_threaded_lapack():
+    """Context that limits BLAS/LAPACK to one thread (threadpoolctl; a no-op without it).
+
+    jax's CPU ``eigh`` runs LAPACK through scipy's OpenBLAS, whose threads thrash on a loaded machine. One ``eigh``
+    runs first so that the library is loaded (threadpoolctl only limits libraries already loaded)."""
+    import contextlib
+
+    import jax.numpy as jnp
+
+    jnp.linalg.eigh(jnp.eye(2)).eigenvalues.block_until_ready()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
 def block(x: Any) -> Any:
     return jax.block_until_ready(x)
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks._common import time_call, write_results  # noqa: E402
+from benchmarks._common import single_threaded_lapack, time_call, write_results  # noqa: E402
 from jaxsciml.optim import preconditioner_memory_bytes, shampoo, soap, state_memory_bytes  # noqa: E402
 
 EVERY = 10  # root / eigenbasis refresh interval for all Shampoo-family methods
@@ -259,14 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(TASKS))
     args = parser.parse_args(argv)
-    try:  # jax's CPU eigh calls LAPACK through scipy/OpenBLAS, whose threads thrash on a loaded 2-core machine
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        threadpool_limits = lambda limits: contextlib.nullcontext()  # noqa: E731
-    jnp.linalg.eigh(jnp.eye(2)).eigenvalues.block_until_ready()  # loads scipy's OpenBLAS so the limit reaches it
-    with threadpool_limits(limits=1):
+    with single_threaded_lapack():  # scipy's OpenBLAS threads thrash on a loaded machine
         return _main(args)
 
 

@@ -64,7 +64,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks._common import block, write_results  # noqa: E402
+from benchmarks._common import block, single_threaded_lapack, write_results  # noqa: E402
 from benchmarks.shampoo import TASKS as BASE_TASKS  # noqa: E402
 from benchmarks.shampoo import steps_to_target  # noqa: E402
 from jaxsciml.optim import shampoo, state_memory_bytes  # noqa: E402
@@ -593,14 +593,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.merge:
         return merge_parts(args.merge.split(","), args.out, args.note)
-    try:  # as benchmarks/shampoo.py: single-threaded LAPACK (scipy's OpenBLAS threads thrash on a loaded machine)
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        threadpool_limits = lambda limits: contextlib.nullcontext()  # noqa: E731
-    jnp.linalg.eigh(jnp.eye(2)).eigenvalues.block_until_ready()
-    with threadpool_limits(limits=1):
+    with single_threaded_lapack():  # scipy's OpenBLAS threads thrash on a loaded machine
         return _main(args)
 
 

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks._common import block, write_results  # noqa: E402
+from benchmarks._common import block, single_threaded_lapack, write_results  # noqa: E402
 from benchmarks.shampoo_peers import EVERY, jaxsciml_shampoo, load_peers  # noqa: E402
 from jaxsciml.optim import state_memory_bytes  # noqa: E402
 
@@ -151,14 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="ordinary-step timings (default 5; quick 1)")
     parser.add_argument("--refresh-repeats", type=int, default=None, help="refresh timings (default 2; quick 1)")
     args = parser.parse_args(argv)
-    try:  # single-threaded LAPACK, as the other Shampoo benchmarks
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        threadpool_limits = lambda limits: contextlib.nullcontext()  # noqa: E731
-    jnp.linalg.eigh(jnp.eye(2)).eigenvalues.block_until_ready()
-    with threadpool_limits(limits=1):
+    with single_threaded_lapack():  # scipy's OpenBLAS threads thrash on a loaded machine
         return _main(args)
 
 
