@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from ._basis import Fourier
 from ._tensor import TensorBasis
 
 __all__ = ["NSM", "FNO", "SpectralLayer", "FourierLayer", "OUTPUT_SCALE"]
@@ -47,14 +48,66 @@ def _add_const(v: Array, b: Array, ndim: int) -> Array:
     return v.at[idx].add(b)
 
 
+def _fourier_to_modes(x: Array, axis: int, half: bool) -> Array:
+    """Real Fourier layout ``[a_0, a_1, b_1, ..., a_K, b_K]`` along ``axis`` -> complex exponential coefficients.
+
+    ``c_0 = a_0``, ``c_k = (a_k - i b_k) / 2``, ``c_{-k} = (a_k + i b_k) / 2``, so that
+    ``a_k cos(kx) + b_k sin(kx) = c_k e^{ikx} + c_{-k} e^{-ikx}``. ``half``: only ``k = 0..K`` (length ``K + 1``);
+    otherwise ``k = -K..K`` in increasing order (length ``2K + 1``).
+    """
+    x = jnp.moveaxis(x, axis, 0)
+    a0, a, b = x[:1], x[1::2], x[2::2]
+    pos = 0.5 * (a - 1j * b)
+    out = jnp.concatenate([a0.astype(pos.dtype), pos]) if half else jnp.concatenate([jnp.conj(pos)[::-1], a0, pos])
+    return jnp.moveaxis(out, 0, axis)
+
+
+def _modes_to_fourier(z: Array, axis: int, half: bool) -> Array:
+    """Inverse of :func:`_fourier_to_modes` along ``axis`` (complex in, complex out; the caller takes the real part).
+
+    Full: ``a_k = c_k + c_{-k}``, ``b_k = i (c_k - c_{-k})``. Half (the negative frequencies are the conjugate mirror
+    of the positive ones, as for a real function): ``a_k = 2 c_k``, ``b_k = 2 i c_k`` before the real part.
+    """
+    z = jnp.moveaxis(z, axis, 0)
+    if half:
+        c0, pos, neg = z[:1], 2 * z[1:], jnp.zeros_like(z[1:])
+    else:
+        kk = (z.shape[0] - 1) // 2
+        c0, pos, neg = z[kk : kk + 1], z[kk + 1 :], z[:kk][::-1]
+    ab = jnp.stack([pos + neg, 1j * (pos - neg)], axis=1).reshape((2 * pos.shape[0],) + pos.shape[1:])
+    return jnp.moveaxis(jnp.concatenate([c0, ab]), 0, axis)
+
+
 class SpectralLayer(eqx.Module):
-    """``K v + W v + b`` in coefficient space: per-mode weights ``K[k_1..k_d, i, o]`` on the lowest ``modes``
-    coefficient indices (higher ones only see ``W``), channel mix ``W[i, o]`` and a constant-mode bias ``b[o]``."""
+    """``K v + W v + b`` in coefficient space: per-mode weights ``K`` on the lowest ``modes`` coefficient indices
+    (higher ones only see ``W``), channel mix ``W[i, o]`` and a constant-mode bias ``b[o]``.
+
+    Along Chebyshev axes (and along every axis when ``fourier_axes`` is empty) ``K`` is a real weight per coefficient
+    index. Along the axes listed in ``fourier_axes`` (the periodic axes of a layout ``[a_0, a_1, b_1, ..., a_K,
+    b_K]``) ``K`` is a **complex** weight per frequency acting on ``c_k = (a_k - i b_k) / 2``, as in the FNO: it scales
+    and *rotates* each ``(a_k, b_k)`` pair, so a layer can represent a translation ``u(x) -> u(x - s)``
+    (``c_k -> e^{-iks} c_k``) and any other convolution, which a real weight per index cannot (it would scale the cosine
+    and sine parts separately: no phase shift, hence no transport). Both signs of the frequency are kept on every
+    periodic axis but the last one, where the negative frequencies are the conjugate mirror (the ``rfftn`` layout).
+    On a periodic axis with ``modes = m`` the frequencies ``0..m // 2`` get weights (``2 (m // 2) + 1`` indices).
+
+    Arguments:
+        width_in, width_out: channels in and out.
+        modes: per-axis number of coefficient indices with per-mode weights.
+        key: PRNG key.
+        dtype: real parameter dtype (default: JAX's default float).
+        kernel_scale: standard deviation of the initial per-mode weights (default ``1 / (width_in * width_out)``).
+        fourier_axes: the periodic (Fourier) axes, counted from 0 over the coefficient axes.
+    """
 
     kernel: Array
+    kernel_imag: Array | None
+    index_mix: tuple[Array, ...]
     linear: Array
     bias: Array
     modes: tuple[int, ...] = eqx.field(static=True)
+    fourier_axes: tuple[int, ...] = eqx.field(static=True)
+    mix_axes: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -64,24 +117,72 @@ class SpectralLayer(eqx.Module):
         key: PRNGKeyArray,
         dtype=None,
         kernel_scale: float | None = None,
+        fourier_axes: Sequence[int] = (),
+        mix_axes: Sequence[int] = (),
     ):
         dtype = jnp.result_type(float) if dtype is None else dtype
-        k1, k2 = jax.random.split(key)
+        k1, k2, k3 = jax.random.split(key, 3)
         self.modes = tuple(int(m) for m in modes)
+        fa = tuple(sorted({int(a) for a in fourier_axes}))
+        if any(not 0 <= a < len(self.modes) for a in fa):
+            raise ValueError(f"`fourier_axes` must be axes in [0, {len(self.modes)}), got {tuple(fourier_axes)}")
+        self.fourier_axes = fa
+        ma = tuple(sorted({int(a) for a in mix_axes}))
+        if any(not 0 <= a < len(self.modes) for a in ma) or set(ma) & set(fa):
+            raise ValueError(f"`mix_axes` must be non-periodic axes in [0, {len(self.modes)}), got {tuple(mix_axes)}")
+        self.mix_axes = ma
+        # per input channel, a dense map across the kept coefficient indices of each axis in `mix_axes`, starting at
+        # the identity (the diagonal per-index kernel alone cannot move content between Chebyshev indices)
+        self.index_mix = tuple(
+            jnp.broadcast_to(jnp.eye(self.modes[a], dtype=dtype), (width_in,) + (self.modes[a],) * 2) for a in ma
+        )
         # small per-mode weights (FNO's 1/(in*out) scale): with O(1/sqrt(in)) weights every mode starts with O(1)
         # content, and the spectral loss, which weights mode k by |k|^4 for second-order operators, is dominated by
         # removing it (measured: ~30x worse error after 300 steps on periodic Poisson).
         scale = 1.0 / (width_in * width_out) if kernel_scale is None else float(kernel_scale)
-        self.kernel = scale * jax.random.normal(k1, (*self.modes, width_in, width_out), dtype)
+        shape = self._weight_shape() + (width_in, width_out)
+        self.kernel = scale * jax.random.normal(k1, shape, dtype)
+        self.kernel_imag = scale * jax.random.normal(k3, shape, dtype) if fa else None
         self.linear = _dense(k2, width_in, width_out, dtype)
         self.bias = jnp.zeros((width_out,), dtype)
 
+    def _kept(self) -> tuple[int, ...]:
+        """Coefficient indices that see ``K`` per axis (whole (a_k, b_k) pairs on Fourier axes)."""
+        return tuple(2 * (m // 2) + 1 if i in self.fourier_axes else m for i, m in enumerate(self.modes))
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        last = self.fourier_axes[-1] if self.fourier_axes else -1
+        out = []
+        for i, m in enumerate(self.modes):
+            if i not in self.fourier_axes:
+                out.append(m)
+            else:
+                out.append(m // 2 + 1 if i == last else 2 * (m // 2) + 1)
+        return tuple(out)
+
     def __call__(self, v: Array) -> Array:
         d = len(self.modes)
-        low = v[(slice(None),) + tuple(slice(0, m) for m in self.modes)]
+        kept = self._kept()
+        for i, (n, k) in enumerate(zip(v.shape[1:], kept)):
+            if k > n:
+                raise ValueError(f"axis {i} has {n} coefficients, fewer than the {k} the layer's modes need")
+        low = v[(slice(None),) + tuple(slice(0, k) for k in kept)]
         letters = "abc"[:d]
-        kv = jnp.einsum(f"i{letters},{letters}io->o{letters}", low, self.kernel)
-        pad = [(0, 0)] + [(0, n - m) for n, m in zip(v.shape[1:], self.modes)]
+        for a, mix in zip(self.mix_axes, self.index_mix):
+            low = jnp.moveaxis(jnp.einsum("i...j,ikj->i...k", jnp.moveaxis(low, a + 1, -1), mix), -1, a + 1)
+        if not self.fourier_axes:
+            kv = jnp.einsum(f"i{letters},{letters}io->o{letters}", low, self.kernel)
+        else:
+            last = self.fourier_axes[-1]
+            z = low
+            for a in self.fourier_axes:
+                z = _fourier_to_modes(z, a + 1, half=a == last)
+            w = self.kernel + 1j * self.kernel_imag
+            kz = jnp.einsum(f"i{letters},{letters}io->o{letters}", z, w)
+            for a in self.fourier_axes:
+                kz = _modes_to_fourier(kz, a + 1, half=a == last)
+            kv = jnp.real(kz).astype(v.dtype)
+        pad = [(0, 0)] + [(0, n - k) for n, k in zip(v.shape[1:], kept)]
         out = jnp.pad(kv, pad) + _mix(self.linear, v)
         return _add_const(out, self.bias, d)
 
@@ -140,6 +241,7 @@ class NSM(eqx.Module):
         dtype=None,
         kernel_scale: float | None = None,
         output_scale: float = OUTPUT_SCALE,
+        index_mixing: bool = True,
     ):
         if not isinstance(basis, TensorBasis):
             raise TypeError(f"`basis` must be a TensorBasis, got {type(basis).__name__}")
@@ -158,7 +260,12 @@ class NSM(eqx.Module):
         self.basis = basis
         self.lift = _dense(keys[0], in_channels, width, dtype)
         self.lift_bias = jnp.zeros((width,), dtype)
-        self.layers = tuple(SpectralLayer(width, width, modes, k, dtype, kernel_scale) for k in keys[1 : depth + 1])
+        fourier = tuple(i for i, b in enumerate(basis.bases) if isinstance(b, Fourier))
+        mix = tuple(i for i in range(basis.ndim) if i not in fourier) if index_mixing else ()
+        self.layers = tuple(
+            SpectralLayer(width, width, modes, k, dtype, kernel_scale, fourier_axes=fourier, mix_axes=mix)
+            for k in keys[1 : depth + 1]
+        )
         self.proj1 = _dense(keys[depth + 1], width, width, dtype)
         self.proj1_bias = jnp.zeros((width,), dtype)
         self.proj2 = _dense(keys[depth + 2], width, out_channels, dtype)

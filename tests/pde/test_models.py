@@ -25,7 +25,9 @@ def test_nsm_shapes_modes_and_errors():
     m = pde.NSM(tb, 2, 3, width=8, depth=2, modes=(5, 4), key=jax.random.key(0))
     out = m(jnp.ones((2, 9, 6)))
     assert out.shape == (3, 9, 6)
-    assert m.layers[0].kernel.shape == (5, 4, 8, 8)
+    # Fourier axis: complex weights on frequencies 0..modes//2 (the last periodic axis keeps k >= 0 only)
+    assert m.layers[0].kernel.shape == m.layers[0].kernel_imag.shape == (3, 4, 8, 8)
+    assert [a.shape for a in m.layers[0].index_mix] == [(8, 4, 4)]
     with pytest.raises(ValueError, match="`x` must have shape"):
         m(jnp.ones((2, 6, 9)))
     with pytest.raises(ValueError, match="`modes`"):
