@@ -34,7 +34,7 @@ and the wrapper sees its steps, so both heuristics are non-negative and equal th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, PyTree, Scalar
+from jaxtyping import Array, PyTree, Scalar, ScalarLike
 
 __all__ = ["HeuristicSolver", "HeuristicState", "stiffness_stage_pair"]
 
@@ -89,9 +89,10 @@ def _tree_two_norm(x: PyTree[Array]) -> Scalar:
 def _stiffness_times_h(solver: dfx.AbstractSolver, pair: tuple[int, int], ks: PyTree[Array]) -> Scalar:
     """``lambda h = ||k_a - k_b|| / ||Y_a - Y_b||`` from the stages ``ks`` (leading stage axis)."""
     a, b = pair
-    amat = _full_butcher_matrix(solver.tableau)
-    if solver.tableau.ssal and b == solver.tableau.num_stages - 1:
-        amat[b, :] = np.asarray(solver.tableau.b_sol)  # the FSAL stage is evaluated at y_{k+1}
+    tableau: dfx.ButcherTableau = cast(Any, solver).tableau  # an explicit RK's (stiffness_stage_pair checks)
+    amat = _full_butcher_matrix(tableau)
+    if tableau.ssal and b == tableau.num_stages - 1:
+        amat[b, :] = np.asarray(tableau.b_sol)  # the FSAL stage is evaluated at y_{k+1}
     coeff = amat[a] - amat[b]
     num = _tree_two_norm(jtu.tree_map(lambda k: k[a] - k[b], ks))
     dy = jtu.tree_map(lambda k: jnp.tensordot(jnp.asarray(coeff, k.dtype), k, axes=1), ks)
@@ -132,9 +133,9 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     its controllers), so the gradient is that of the sum along the fixed accepted step sequence.
     """
 
-    solver: dfx.AbstractSolver
-    rtol: float
-    atol: float
+    solver: dfx.AbstractSolver  # type: ignore[misc]  # mypy reads diffrax's AbstractVar `solver` as a ClassVar
+    rtol: ScalarLike
+    atol: ScalarLike
     norm: Callable[[PyTree], Scalar] = optx.rms_norm
     record_error: bool = eqx.field(static=True, default=True)
     record_stiffness: bool = eqx.field(static=True, default=False)
@@ -202,8 +203,9 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         if self.probe_ts is not None:
             lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
             inside = (self.probe_ts >= lo) & (self.probe_ts < hi)
+            probe_t, probe_h = cast(Array, probe_t), cast(Array, probe_h)  # arrays: init() made them for probe_ts
             probe_h = jnp.where(inside, jax.lax.stop_gradient(h).astype(probe_h.dtype), probe_h)
-            probe_t = jnp.where(inside, jax.lax.stop_gradient(t0).astype(probe_t.dtype), probe_t)
+            probe_t = jnp.where(inside, jax.lax.stop_gradient(cast(Array, t0)).astype(probe_t.dtype), probe_t)
         new_state = HeuristicState(inner=inner, error=error, stiffness=stiffness, probe_t=probe_t, probe_h=probe_h)
         return y1, y_error, dense_info, new_state, result
 

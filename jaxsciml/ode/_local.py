@@ -38,14 +38,14 @@ estimates are non-negative and equal those of the mirrored problem ``z'(s) = -f(
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar, ScalarLike
 
 from ._heuristics import HeuristicSolver, stiffness_stage_pair
 from ._solve import Heuristics, SolveStats, _solve, _with_controller_tols, as_terms, fevals_per_step
@@ -61,8 +61,8 @@ def local_step_heuristics(
     args: Any,
     dt: Scalar,
     *,
-    rtol: float,
-    atol: float,
+    rtol: ScalarLike,
+    atol: ScalarLike,
     norm: Callable[[PyTree], Scalar],
     heuristics: Sequence[str] = ("error", "stiffness"),
 ) -> tuple[Scalar, Scalar]:
@@ -214,7 +214,7 @@ def solve_with_local_heuristics(
             direction * hh,
             rtol=ctrl.rtol,
             atol=ctrl.atol,
-            norm=ctrl.norm,
+            norm=cast(Callable[[PyTree], Scalar], ctrl.norm),
             heuristics=heuristics,
         )
     )(t_star, y_star, h)

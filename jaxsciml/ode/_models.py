@@ -19,6 +19,7 @@ be any PyTree the vector field accepts. ``step=`` (the training step) evaluates 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -91,7 +92,7 @@ def _batch_size(tree: PyTree[Array]) -> int:
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jtu.tree_leaves(tree)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"a batch needs one leading batch axis on every leaf, got leading sizes {sizes}")
-    return sizes.pop()
+    return cast(int, sizes.pop())
 
 
 class NeuralODE(eqx.Module):
@@ -103,12 +104,14 @@ class NeuralODE(eqx.Module):
     over ``y0`` (and ``key``) for a batch, or :meth:`batched` for either batching mode.
     """
 
-    field: eqx.Module
+    field: Callable[..., PyTree]
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
     config: SolverConfig
 
-    def __init__(self, field: eqx.Module, t0: float = 0.0, t1: float = 1.0, config: SolverConfig | None = None):
+    def __init__(
+        self, field: Callable[..., PyTree], t0: float = 0.0, t1: float = 1.0, config: SolverConfig | None = None
+    ):
         if float(t0) == float(t1):
             raise ValueError(f"t1 must differ from t0, got t0 = t1 = {t0}")
         self.field = field
@@ -174,9 +177,9 @@ class NeuralODE(eqx.Module):
 class ODEClassifier(eqx.Module):
     """``logits = head(ODE(encoder(x))(t1))``: an ODE block between an encoder and a head (Chen et al. 2018)."""
 
-    encoder: eqx.Module
+    encoder: Callable[..., PyTree]
     ode: NeuralODE
-    head: eqx.Module
+    head: Callable[..., PyTree]
 
     def __call__(
         self,
@@ -284,8 +287,8 @@ class NeuralSDE(eqx.Module):
     structure).
     """
 
-    drift: eqx.Module
-    diffusion: eqx.Module
+    drift: Callable[..., PyTree]
+    diffusion: Callable[..., PyTree]
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
     solver: dfx.AbstractSolver
@@ -297,8 +300,8 @@ class NeuralSDE(eqx.Module):
 
     def __init__(
         self,
-        drift: eqx.Module,
-        diffusion: eqx.Module,
+        drift: Callable[..., PyTree],
+        diffusion: Callable[..., PyTree],
         t0: float = 0.0,
         t1: float = 1.0,
         *,
@@ -326,7 +329,7 @@ class NeuralSDE(eqx.Module):
         *,
         key: PRNGKeyArray,
         regularizer: AbstractRegularizer | None = None,
-        on_max_steps: str = "raise",
+        on_max_steps: Literal["raise", "flag"] = "raise",
         step: Int[Array, ""] | int | None = None,
     ) -> ODEOutput:
         regularizer = NoRegularization() if regularizer is None else regularizer
@@ -343,6 +346,7 @@ class NeuralSDE(eqx.Module):
         levy = dfx.SpaceTimeLevyArea if isinstance(self.solver, dfx.SPaRK) else dfx.BrownianIncrement
         bm = dfx.VirtualBrownianTree(self.t0, self.t1, tol=self.bm_tol, shape=flat0.shape, key=key, levy_area=levy)
         drift, diffusion = _Flat(self.drift, unravel), _Flat(self.diffusion, unravel)
+        terms: dfx.MultiTerm[tuple[dfx.AbstractTerm, ...]]
         terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(_Diagonal(diffusion), bm))
         saveat = dfx.SaveAt(ts=ts) if ts is not None else dfx.SaveAt(t1=True)
         sol, h, stats = solve_with_heuristics(
@@ -360,7 +364,7 @@ class NeuralSDE(eqx.Module):
             rtol=self.rtol,
             atol=self.atol,
         )
-        ys = jax.vmap(unravel)(sol.ys)
+        ys = jax.vmap(unravel)(cast(Array, sol.ys))
         ys = ys if ts is not None else jtu.tree_map(lambda y: y[-1], ys)
         penalty = lam_e * h.error if heur else jnp.zeros((), flat0.dtype)
         return ODEOutput(ys, penalty, h.error, h.stiffness, stats)
@@ -377,7 +381,7 @@ class _Flat(eqx.Module):
 
 
 class _Diagonal(eqx.Module):
-    fn: eqx.Module
+    fn: Callable[..., Array]
 
     def __call__(self, t, y, args):
         return lx.DiagonalLinearOperator(self.fn(t, y, args))

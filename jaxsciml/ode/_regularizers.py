@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -90,7 +90,7 @@ class SolverConfig(eqx.Module):
     dt0: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=4096)
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
-    on_max_steps: str = eqx.field(static=True, default="raise")
+    on_max_steps: Literal["raise", "flag"] = eqx.field(static=True, default="raise")
 
     def __check_init__(self):
         check_tolerances(self.rtol, self.atol)
@@ -268,7 +268,7 @@ class HeuristicRegularization(AbstractRegularizer):
                 t1,
                 y0,
                 args,
-                key=key,
+                key=cast(Array, key),  # needs_key: regularized_solve checked it
                 strategy=self.local,
                 num_samples=self.num_samples,
                 saveat=_saveat(ts),
@@ -293,6 +293,7 @@ class RNODE(AbstractRegularizer):
         check_weight("jacobian_weight", self.jacobian_weight)
 
     def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        key = cast(Array, key)  # needs_key: regularized_solve checked it
         leaves, treedef = jtu.tree_flatten(y0)
         keys = [key] if len(leaves) == 1 else jax.random.split(key, len(leaves))  # one array: eps from key itself
         eps = jtu.tree_unflatten(
@@ -340,7 +341,7 @@ class STEER(AbstractRegularizer):
             raise ValueError("STEER samples the end time: it applies to endpoint solves (ts=None) only")
         if not _is_zero(self.b) and float(self.b) >= abs(float(t1) - float(t0)):
             raise ValueError(f"b must be smaller than |t1 - t0| = {abs(float(t1) - float(t0))}, got {self.b}")
-        u = jax.random.uniform(key, (), minval=-1.0, maxval=1.0, dtype=jnp.result_type(float))
+        u = jax.random.uniform(cast(Array, key), (), minval=-1.0, maxval=1.0, dtype=jnp.result_type(float))
         t_end = t1 + self.b * u
         ys, h, stats = config.solve(vector_field, y0, t0, t_end, ts=None, args=args)
         return ODEOutput(ys, h.error, h.error, h.stiffness, stats, {"t1": t_end})
@@ -425,7 +426,7 @@ def regularized_solve(
 
 
 def _sq_norm(tree: PyTree[Array]) -> Scalar:
-    return sum(jnp.sum(jnp.real(x) ** 2) for x in jtu.tree_leaves(tree))
+    return cast(Scalar, sum(jnp.sum(jnp.real(x) ** 2) for x in jtu.tree_leaves(tree)))
 
 
 class _RNODEField(eqx.Module):
@@ -464,5 +465,5 @@ def _augmented(aug_field, y0, n_extra, t0, t1, ts, args, config):
     sol, _, stats = solve_with_heuristics(
         aug_field, config.solver, t0, t1, state0, args, saveat=_saveat(ts), heuristics=(), **config.solve_kwargs()
     )
-    ys, integrals = sol.ys
+    ys, integrals = cast(tuple[PyTree[Array], Array], sol.ys)
     return _final(ys, ts), integrals[-1], stats

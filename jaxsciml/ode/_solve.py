@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -113,7 +113,7 @@ def _check_shapes(terms: Any, t0: Any, y0: Any, args: Any) -> None:
     s_out, s_y = jtu.tree_structure(out), jtu.tree_structure(y0)
     shapes_out = [tuple(x.shape) for x in jtu.tree_leaves(out)]
     shapes_y = [tuple(jnp.shape(x)) for x in jtu.tree_leaves(y0)]
-    if s_out != s_y or shapes_out != shapes_y:
+    if s_out != s_y or shapes_out != shapes_y:  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         raise ValueError(
             f"y0 and the vector field do not match: y0 has shapes {shapes_y}, f(t0, y0, args) returns {shapes_out}"
         )
@@ -365,7 +365,7 @@ def _solve(
     if isinstance(stepsize_controller, dfx.PIDController):
         rtol = stepsize_controller.rtol if rtol is None else rtol
         atol = stepsize_controller.atol if atol is None else atol
-        norm = stepsize_controller.norm if norm is None else norm
+        norm = cast(Callable[[PyTree], Scalar], stepsize_controller.norm) if norm is None else norm
     elif heuristics and (rtol is None or atol is None):
         raise ValueError(
             f"stepsize_controller={type(stepsize_controller).__name__} has no tolerances: pass rtol= and atol= "
@@ -460,7 +460,7 @@ def _solve(
         hit_max_steps=sol.result == dfx.RESULTS.max_steps_reached,
     )
     if wrap:
-        state: HeuristicState = sol.solver_state
+        state = cast(HeuristicState, sol.solver_state)
         heur = Heuristics(error=state.error, stiffness=state.stiffness)
         probe = (state.probe_t, state.probe_h)
     else:
