@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -101,7 +102,7 @@ def initial_value(v: ArrayLike, u0: ArrayLike, basis: TensorBasis, axis: int) ->
     off = v.ndim - basis.ndim  # leading batch axes
     ax = off + axis
     v = v.at[(slice(None),) * ax + (-1,)].set(0.0)
-    tv = basis.bases[axis].multiply_by_x(v, axis=ax)
+    tv = cast(Chebyshev, basis.bases[axis]).multiply_by_x(v, axis=ax)
     tv = jnp.take(tv, jnp.arange(basis.shape[axis]), axis=ax)
     return _lift(u0, basis, ax) + tv
 

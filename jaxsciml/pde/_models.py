@@ -15,6 +15,7 @@ Both act on a single sample with channels first (``jax.vmap`` for batches):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -177,7 +178,7 @@ class SpectralLayer(eqx.Module):
             z = low
             for a in self.fourier_axes:
                 z = _fourier_to_modes(z, a + 1, half=a == last)
-            w = self.kernel + 1j * self.kernel_imag
+            w = self.kernel + 1j * cast(Array, self.kernel_imag)  # set when there are Fourier axes
             kz = jnp.einsum(f"i{letters},{letters}io->o{letters}", z, w)
             for a in self.fourier_axes:
                 kz = _modes_to_fourier(kz, a + 1, half=a == last)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -213,7 +213,7 @@ class NavierStokes2D(AbstractProblem):
     def sample(self, key: Array, batch: int) -> Array:
         """``batch`` zero-mean initial vorticities (coefficients on :attr:`space`)."""
         if self.kernel == "periodic":
-            kw = {"kernel": "periodic", "grid": self.ic_grid}
+            kw: dict[str, Any] = {"kernel": "periodic", "grid": self.ic_grid}
         else:
             kw = {"kernel": self.kernel}
         return gaussian_random_field(
@@ -245,7 +245,7 @@ class NavierStokes2D(AbstractProblem):
 
     def velocity(self, w: Array) -> tuple[Array, Array]:
         """``(u, v) = (psi_y, -psi_x)`` coefficients with ``psi = -Laplace^{-1} w`` (zero mean)."""
-        w1, w2 = (b.wavenumbers() for b in self.basis.bases[:2])
+        w1, w2 = (cast(Fourier, b).wavenumbers() for b in self.basis.bases[:2])
         k2 = w1[:, None] ** 2 + w2[None, :] ** 2
         inv = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0)[..., None]
         psi = w * jnp.asarray(inv, w.dtype)

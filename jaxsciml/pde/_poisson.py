@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -122,7 +124,7 @@ class PoissonPeriodic(AbstractProblem):
         return -self.basis.laplacian(self.basis.check_coeffs(u, "u")) - self.basis.check_coeffs(params, "params")
 
     def _k2(self) -> np.ndarray:
-        w1, w2 = (b.wavenumbers() for b in self.basis.bases)
+        w1, w2 = (cast(Fourier, b).wavenumbers() for b in self.basis.bases)
         return w1[:, None] ** 2 + w2[None, :] ** 2
 
     def solve(self, params: Array) -> Array:
@@ -185,7 +187,7 @@ def solve_poisson_dirichlet(f_values: Array, domain: tuple[float, float] = (0.0,
     d = chebyshev_diff_matrix(m, domain)
     d2 = (d @ d)[1:-1, 1:-1]
     lam, v = np.linalg.eig(d2)
-    lam, v = lam.real, v.real
+    lam, v = np.real(lam), np.real(v)
     vinv = np.linalg.inv(v)
     dt = f.dtype
     fi = f[..., 1:-1, 1:-1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,17 +145,17 @@ def gaussian_random_field(
             raise ValueError("kernel='periodic' needs Fourier (periodic) axes only, got " + str(tb.shape))
         std = np.ones(())
         for b in tb.bases:
-            std = np.multiply.outer(std, np.sqrt(_periodic_axis_var(b, length_scale, grid)))
+            std = np.multiply.outer(std, np.sqrt(_periodic_axis_var(cast(Fourier, b), length_scale, grid)))
         if zero_mean:
             std[(0,) * tb.ndim] = 0.0
         z = jax.random.normal(key, (*shape, *tb.shape), dtype)
         return z * jnp.asarray(std, dtype)
     if all(isinstance(b, Fourier) for b in tb.bases):
-        std = _fourier_std(tb.bases, length_scale, smoothness, zero_mean)
+        std = _fourier_std(cast(tuple[Fourier, ...], tb.bases), length_scale, smoothness, zero_mean)
         z = jax.random.normal(key, (*shape, *tb.shape), dtype)
         return z * jnp.asarray(std, dtype)
     # replace Chebyshev axes by Fourier axes on a doubled periodic box, evaluate on the Lobatto points
-    periodic = []
+    periodic: list[AbstractBasis] = []
     for b in tb.bases:
         if isinstance(b, Chebyshev):
             periodic.append(Fourier(2 * b.n + 1, (b.domain[0], b.domain[0] + 2 * b.length)))

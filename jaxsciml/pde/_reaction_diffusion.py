@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -166,12 +166,12 @@ class ReactionDiffusion(AbstractProblem):
 
     @property
     def space(self) -> Fourier:
-        return self.basis.bases[0]
+        return cast(Fourier, self.basis.bases[0])
 
     def sample(self, key: Array, batch: int) -> Array:
         """``batch`` initial conditions (Fourier coefficients), min--max normalised to ``[0, 1]`` on ``ic_grid``
         points."""
-        kw = {"kernel": "periodic", "grid": self.ic_grid} if self.kernel == "periodic" else {}
+        kw: dict[str, Any] = {"kernel": "periodic", "grid": self.ic_grid} if self.kernel == "periodic" else {}
         g = gaussian_random_field(key, self.space, self.length_scale, shape=(batch,), **kw)
         x = jnp.asarray(np.arange(self.ic_grid) / self.ic_grid, g.dtype)
         v = self.space.evaluate(g, x)

@@ -13,6 +13,7 @@ under GSPMD data parallelism on XLA:CPU (the opposite order trips an FFT-layout 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -187,7 +188,7 @@ class TensorBasis(eqx.Module):
         for i in axes:
             d2 = self.derivative(coeffs, i, 2)
             out = d2 if out is None else out + d2
-        return out
+        return cast(Array, out)
 
     @_jit_when_eager
     def integrate(self, coeffs: ArrayLike) -> Array:
@@ -200,7 +201,10 @@ class TensorBasis(eqx.Module):
     # ---------------------------------------------------------------------------------------- nonlinear terms
     @_jit_when_eager
     def apply(
-        self, fn: Callable[..., Array], *coeffs: ArrayLike, shape: int | Sequence[int] | None = "dealias"
+        self,
+        fn: Callable[..., Array],
+        *coeffs: ArrayLike,
+        shape: int | Sequence[int] | Literal["dealias"] | None = "dealias",
     ) -> Array:
         """Coefficients of ``fn(u_1, ..., u_k)`` with ``fn`` applied pointwise on a collocation grid.
 
