@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, cast, overload
+
 import jax
+import jax.core
 import jax.numpy as jnp
 
 GRAFTS = ("none", "sgd", "adagrad", "rmsprop", "adam")
@@ -15,6 +18,14 @@ def is_traced(x) -> bool:
 
 def _is_number(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+@overload
+def static_int(name: str, value, *, minimum: int = 1, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def static_int(name: str, value, *, minimum: int = 1, allow_none: bool) -> int | None: ...
 
 
 def static_int(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
@@ -40,12 +51,12 @@ def static_int(name: str, value, *, minimum: int = 1, allow_none: bool = False) 
     return value
 
 
-def positive_float(name: str, value, *, allow_none: bool = False, allow_zero: bool = False):
+def positive_float(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False):
     """A numeric hyperparameter that must be positive (checked only when it is a concrete number)."""
     if value is None and allow_none:
         return None
     if _is_number(value) or (hasattr(value, "ndim") and not is_traced(value) and getattr(value, "ndim", 1) == 0):
-        v = float(value)
+        v = float(cast(Any, value))  # a number or a 0-d array here, never None
         if not (v > 0 or (allow_zero and v == 0)) or v != v:
             kind = "non-negative" if allow_zero else "positive"
             raise ValueError(f"`{name}` must be a {kind} number, got {value!r}.")

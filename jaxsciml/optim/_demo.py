@@ -72,15 +72,15 @@ def run_demo(size: str = "small", progress: bool = True, out_dir: str | None = N
         t0 = time.perf_counter()
         compiled = run_chunk.lower(w0, state).compile()
         compile_s = time.perf_counter() - t0
-        w, losses = w0, []
+        w, chunks = w0, []
         t0 = time.perf_counter()
         for _ in range(steps // chunk):
             w, state, vals = compiled(w, state)
-            losses.append(np.asarray(vals))
+            chunks.append(np.asarray(vals))
             if bar is not None:
                 bar.update(chunk)
         wall = time.perf_counter() - t0
-        losses = np.concatenate(losses + [np.asarray([loss(w)])])
+        losses = np.concatenate(chunks + [np.asarray([loss(w)])])
         hit = np.nonzero(losses <= target)[0]
         curves[name] = losses
         rows.append(

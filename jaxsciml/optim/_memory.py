@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -37,7 +37,7 @@ def memory_breakdown(state: Any) -> dict[str, int]:
     def visit(node: Any) -> None:
         for cls, pre in _PRECOND.items():
             if isinstance(node, cls):
-                for name in node._fields:
+                for name in cast(Any, node)._fields:  # a NamedTuple state
                     b = _nbytes(getattr(node, name))
                     out[name] = out.get(name, 0) + b
                     if name in pre:

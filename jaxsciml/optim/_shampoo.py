@@ -97,7 +97,7 @@ class ShampooState(NamedTuple):
         mu: per leaf: first moment (or an empty array when ``beta1 == 0``).
     """
 
-    count: Int[Array, ""]
+    count: Int[Array, ""]  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, as in optax
     skipped: Int[Array, ""]
     root_fallbacks: Int[Array, ""]
     nonfinite_statistics: Int[Array, ""]
@@ -454,7 +454,7 @@ def scale_by_shampoo(
         for p, its in items.items():
             if root_method == "eigh":
 
-                def fn(s, old, eps, p=p):
+                def fn(s, old, eps, p=p):  # pyright: ignore[reportRedeclaration]  # one of two branch-wise defs
                     r, ok = eigh_inverse_root(s, p, eps, platform)
                     return safe_update(r, ok, old), ok
 
@@ -579,7 +579,7 @@ def scale_by_shampoo(
         coef = C.decay_coefficient(beta2)
         do_refresh = finite & (t >= start) & ((t - start) % precondition_every == 0)
         gs = [jnp.where(finite, g, 0).astype(C.compute_dtype(g.dtype)) for g in leaves]
-        xbs = [to_blocks(g, plan) if plan.kind == "block" else None for g, plan in zip(gs, plans)]
+        xbs: list[Any] = [to_blocks(g, plan) if plan.kind == "block" else None for g, plan in zip(gs, plans)]
 
         # graft / diagonal accumulators
         graft_updates, new_gacc = [], []

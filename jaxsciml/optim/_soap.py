@@ -49,7 +49,7 @@ class SoapState(NamedTuple):
         nu: per leaf: second moment, ``(num_blocks, *block)`` in the eigenbasis (parameter shape for Adam leaves).
     """
 
-    count: Int[Array, ""]
+    count: Int[Array, ""]  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, as in optax
     skipped: Int[Array, ""]
     root_fallbacks: Int[Array, ""]
     nonfinite_statistics: Int[Array, ""]
@@ -150,7 +150,7 @@ def scale_by_soap(
         t = state.count + 1
         coef = C.decay_coefficient(sb)
         gs = [jnp.where(finite, g, 0).astype(C.compute_dtype(g.dtype)) for g in leaves]
-        xbs = [to_blocks(g, p) if p.kind == "block" else None for g, p in zip(gs, plans)]
+        xbs: list[Any] = [to_blocks(g, p) if p.kind == "block" else None for g, p in zip(gs, plans)]
         stats = tuple(
             tuple(sb * s + coef * mode_gram(xbs[li], m) for m, s in enumerate(state.stats[li]))
             if p.kind == "block"
