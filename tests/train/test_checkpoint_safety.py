@@ -255,3 +255,32 @@ def test_full_disk_gives_one_clear_error(tmp_path):
         assert "intact (steps [1])" in line
     assert lines[2:] == ["restored 1 True", "END"]
     assert "ERROR:absl" not in err and "Traceback" not in err and "Event loop is closed" not in err, err[-2000:]
+
+
+def test_fit_resumes_from_read_only_and_refuses_to_train_into_it(tmp_path):
+    """`fit` with a read-only checkpointer: a finished run restores (nothing to write); one that would train raises a
+    PermissionError before its first step. Really read-only: `chmod` as a user, `chattr +i` as root."""
+    from jaxsciml.train import fit
+
+    from ._util import ADAM, make_batch, make_model, mse
+
+    directory = tmp_path / "ck"
+    with Checkpointer(directory) as ck:
+        done = fit(make_model(), mse, ADAM, make_batch, 4, checkpointer=ck, progress=False)
+    how = _make_read_only(directory)
+    try:
+        with Checkpointer(directory) as ck:
+            assert not ck.writable
+            again = fit(make_model(seed=5), mse, ADAM, make_batch, 4, checkpointer=ck, progress=False)
+            assert again.step == 4 and again.history["loss"] == done.history["loss"]
+            calls = []
+
+            def data(step):
+                calls.append(step)
+                return make_batch(step)
+
+            with pytest.raises(PermissionError, match="opened read-only"):
+                fit(make_model(), mse, ADAM, data, 6, checkpointer=ck, progress=False, steps_per_call=1)
+            assert calls == []
+    finally:
+        _make_writable(directory, how)
