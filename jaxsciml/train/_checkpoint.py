@@ -5,12 +5,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import pathlib
 import re
 import shutil
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -22,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
+from .._version import __version__
 from ._checks import check_count
 
 # orbax writes this file as the last act of finalising a step (before the atomic rename on local filesystems, and as
@@ -30,16 +34,24 @@ from ._checks import check_count
 _COMMIT_FILE = "commit_success.txt"
 # orbax's per-step metadata file; an interrupted deletion (`rmtree` of an old step killed midway) can remove it first.
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
-# Version 2 added the sha256 digest of every saved leaf; version 1 checkpoints (no digests) are still restored.
+# The layout of what `save` writes, stored as `format_version` in every checkpoint's metadata (with the jaxsciml
+# version that wrote it). Version 2 added the sha256 digest of every saved leaf; version 1 checkpoints (no digests)
+# are still restored. Bump it whenever a checkpoint written now could not be read correctly by the previous reader.
 _FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _STEP_DIR = re.compile(r"^\d+$")
-_TMP_DIR = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+_TMP_DIR = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+# Directories moved out of orbax's way (never deleted): `<step>.incomplete[-k]`, `<step>.corrupt[-k]`.
+_ASIDE_DIR = re.compile(r"^\d+\.(incomplete|corrupt)(-\d+)?$")
 _barrier_ids = itertools.count()
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint whose files cannot be read or do not verify (as opposed to a template that does not match)."""
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint written in a format this version of jaxsciml does not read (never moved aside as corrupt)."""
 
 
 # ---------------------------------------------------------------------------------------------------- multi-process
@@ -109,6 +121,64 @@ def _release_orbax_waiters() -> None:
         pass
 
 
+class _OrbaxErrorLogGate(logging.Filter):
+    """Hold back orbax's ERROR log records (each with a traceback, several per failed save, from its background
+    threads) while a save of ours is in flight: the failure reaches the caller as one exception from `save`/`wait`.
+    Held records are re-emitted if the save then succeeds, so nothing is lost when orbax logs an error it recovers
+    from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._active = 0
+        self._held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname.replace("\\", "/"):
+            return True
+        with self._lock:
+            if self._active:
+                self._held.append(record)
+                return False
+        return True
+
+    def open(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def close(self, failed: bool) -> None:
+        with self._lock:
+            self._active = max(self._active - 1, 0)
+            held, self._held = (self._held, []) if not self._active else ([], self._held)
+        if not failed:
+            for record in held:
+                logging.getLogger(record.name).handle(record)
+
+
+_log_gate = _OrbaxErrorLogGate()
+logging.getLogger("absl").addFilter(_log_gate)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is a full disk / exceeded quota."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "os_error_code='28'" in text or "Disk quota exceeded" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # ---------------------------------------------------------------------------------------------------- trees
 def _leaf_spec(tree: PyTree) -> tuple[list[Any], Any, list[dict[str, Any]]]:
     """Flatten the array leaves of ``tree``: ``(leaves, treedef, spec)`` with ``spec[i] = {path, shape, dtype}``."""
@@ -170,9 +240,28 @@ def _from_host(like: Any, restored: Any) -> Any:
     return restored
 
 
-def _compare(name: str, saved: list[dict[str, Any]], like: list[dict[str, Any]], step: int) -> None:
+def _format_message(where: str, version: Any, written_by: Any) -> str:
+    """The error for a checkpoint in a format this version does not read: both versions and what to do."""
+    by = f" by jaxsciml {written_by}" if written_by else ""
+    here = f"this is jaxsciml {__version__}, which writes format {_FORMAT_VERSION} and reads {list(_READABLE_VERSIONS)}"
+    if isinstance(version, int) and not isinstance(version, bool) and version > _FORMAT_VERSION:
+        todo = f"upgrade jaxsciml (to {written_by} or later) to restore it" if written_by else "upgrade jaxsciml"
+    elif version is None:
+        return (
+            f"{where} has no checkpoint format version: it was not written by jaxsciml.train.Checkpointer ({here}). "
+            "Restore it with the tool that wrote it"
+        )
+    else:
+        todo = (
+            f"restore it with the jaxsciml version that wrote it{' (' + str(written_by) + ')' if written_by else ''} "
+            "and re-train or convert from there, or start a fresh run in another directory"
+        )
+    return f"{where} was written in checkpoint format {version!r}{by}, but {here}: {todo}"
+
+
+def _compare(name: str, saved: list[dict[str, Any]], like: list[dict[str, Any]], step: int, written: str = "") -> None:
     """Raise a ValueError naming the first leaf where the checkpoint and the template disagree."""
-    where = f"checkpoint at step {step} does not match `{name}`"
+    where = f"checkpoint at step {step}{written} does not match `{name}`"
     saved_paths = [s["path"] for s in saved]
     like_paths = [s["path"] for s in like]
     if saved_paths != like_paths:
@@ -220,10 +309,22 @@ class Checkpointer:
     warns naming the ones skipped and renames them to `<step>.corrupt` (kept for inspection, out of the way of a
     resumed run that will write that step again).
 
-    **Start-up.** The directory is created if missing and must be writable (checked at once: a PermissionError or
-    OSError here rather than at the first save). Leftovers of an interrupted save or of an interrupted deletion of an
-    old checkpoint (orbax temporary directories, step directories without `commit_success.txt` or orbax's
-    `_CHECKPOINT_METADATA`) are removed, with one warning listing them.
+    **Nothing is deleted but by `max_to_keep`.** No start-up or restore path deletes a checkpoint: what cannot be
+    offered is moved aside (renamed) and named in a warning. [`set_aside`][] lists those directories and
+    [`restore_set_aside`][] restores one explicitly, if every array verifies against its stored digest.
+
+    **Start-up.** The directory is created if missing. If it is not writable (read-only storage, no permission) the
+    `Checkpointer` opens it read-only: restoring works, `writable` is False and `save` raises a PermissionError at
+    once. Leftovers of an interrupted save or of an interrupted deletion of an old checkpoint (orbax temporary
+    directories, step directories without `commit_success.txt` or orbax's `_CHECKPOINT_METADATA`) are renamed to
+    `<step>.incomplete` (writable directories only), with one warning listing them.
+
+    **Format.** Every checkpoint stores its `format_version` (the layout written by `save`) and the jaxsciml version
+    that wrote it. A checkpoint in a format this version does not read raises a ValueError naming both versions and
+    what to do (it is not treated as corrupt, so it is never moved aside).
+
+    **Full disk.** A save that fails for lack of space raises one `OSError` (`errno.ENOSPC`) naming the step, the
+    directory and the checkpoints still intact; orbax's own error logs for it are held back.
 
     **Several processes** (after `jax.distributed.initialize()`): every process creates the `Checkpointer` on the
     same (shared) directory and calls `save`/`restore` with the same arguments, as `fit` does. Leaves that are global
@@ -276,21 +377,34 @@ class Checkpointer:
                 f"cannot create the checkpoint `directory` {str(path)!r}: "
                 f"{error if error is not None else 'failed on process 0'}"
             ) from error
-        self._check_writable()
-        if jax.process_index() == 0:
-            self._remove_leftovers()
-        _barrier("init")
+        self._read_only_reason: str | None = self._probe_writable()
+        if self._read_only_reason is None:
+            if jax.process_index() == 0:
+                self._move_leftovers_aside()
+            _barrier("init")
+        self._pending_step: int | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
+            create=self._read_only_reason is None,
+            read_only=self._read_only_reason is not None,
             enable_async_checkpointing=bool(async_save),
         )
-        self._manager = ocp.CheckpointManager(path, options=options)
+        with warnings.catch_warnings():
+            # orbax logs "read only" notices at WARNING for a read-only manager: expected here, not news.
+            absl_logger = logging.getLogger("absl")
+            level = absl_logger.level
+            if self._read_only_reason is not None:
+                absl_logger.setLevel(logging.ERROR)
+            try:
+                self._manager = ocp.CheckpointManager(path, options=options)
+            finally:
+                absl_logger.setLevel(level)
         self._closed = False
 
     # ------------------------------------------------------------------ file system
-    def _check_writable(self) -> None:
-        """Create and delete a small file in `directory` on every process; a clear error on all if any fails."""
+    def _probe_writable(self) -> str | None:
+        """Create and delete a small file in `directory` on every process: `None` if that works on all of them, else
+        the reason it does not (collective)."""
         error: OSError | None = None
         try:
             fd, probe = tempfile.mkstemp(prefix=f".write-test-{jax.process_index()}-", dir=self._directory)
@@ -299,31 +413,59 @@ class Checkpointer:
         except OSError as e:
             error = e
         if _all_agree(error is None):
-            return
-        reason = f"{error.strerror or error}" if error is not None else "it is not writable on another process"
-        message = f"the checkpoint `directory` {str(self._directory)!r} is not writable: {reason}"
-        if error is None or error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionError(message) from error
-        raise OSError(message) from error
+            return None
+        return f"{error.strerror or error}" if error is not None else "it is not writable on another process"
 
-    def _remove_leftovers(self) -> None:
-        """Delete orbax temporary directories and step directories lacking the commit marker or orbax's metadata
-        file: leftovers of an interrupted save or of an interrupted deletion of an old step (the step directory is
-        removed file by file; orbax would log "Metadata file does not exist" for it on every listing)."""
-        removed = []
+    def _check_writable(self) -> None:
+        """Raise a PermissionError (or OSError) at once if a save cannot write to `directory`."""
+        if self._read_only_reason is not None:
+            raise PermissionError(
+                f"the checkpoint `directory` {str(self._directory)!r} is not writable: {self._read_only_reason}; "
+                "it was opened read-only (restoring works, saving does not). Save to a writable directory instead"
+            )
+        reason = self._probe_writable()
+        if reason is None:
+            return
+        message = f"the checkpoint `directory` {str(self._directory)!r} is not writable: {reason}"
+        if any(word in reason for word in ("Permission denied", "Operation not permitted", "Read-only")):
+            raise PermissionError(message)
+        raise OSError(message)
+
+    @property
+    def writable(self) -> bool:
+        """Whether `directory` was writable when this `Checkpointer` was created (else it is read-only)."""
+        return self._read_only_reason is None
+
+    def _aside_name(self, step: int | str, suffix: str) -> pathlib.Path:
+        dst = self._directory / f"{step}.{suffix}"
+        k = 0
+        while dst.exists():
+            k += 1
+            dst = self._directory / f"{step}.{suffix}-{k}"
+        return dst
+
+    def _move_leftovers_aside(self) -> None:
+        """Rename orbax temporary directories and step directories lacking the commit marker or orbax's metadata file
+        (leftovers of an interrupted save, or of an interrupted deletion of an old step, which orbax removes file by
+        file) to `<step>.incomplete`: out of orbax's listing, never deleted (the arrays of a step that lost only its
+        marker may be intact; see `restore_set_aside`)."""
+        moved = []
         for entry in sorted(self._directory.iterdir()):
             if not entry.is_dir():
                 continue
+            tmp = _TMP_DIR.match(entry.name)
             incomplete = _STEP_DIR.match(entry.name) and not (
                 (entry / _COMMIT_FILE).is_file() and (entry / _STEP_METADATA_FILE).is_file()
             )
-            if incomplete or _TMP_DIR.match(entry.name):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
-        if removed:
+            if incomplete or tmp:
+                dst = self._aside_name(tmp.group(1) if tmp else entry.name, "incomplete")
+                entry.rename(dst)
+                moved.append(f"{entry.name} -> {dst.name}")
+        if moved:
             warnings.warn(
-                f"removed {len(removed)} incomplete checkpoint director{'y' if len(removed) == 1 else 'ies'} "
-                f"(left by an interrupted save or deletion) from {str(self._directory)!r}: {removed}",
+                f"moved {len(moved)} incomplete checkpoint director{'y' if len(moved) == 1 else 'ies'} (left by an "
+                f"interrupted save or deletion) aside in {str(self._directory)!r}: {moved}. Nothing was deleted: "
+                "`Checkpointer.restore_set_aside` restores one whose arrays verify; delete them when not needed",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -335,6 +477,11 @@ class Checkpointer:
 
     def _is_committed(self, step: int) -> bool:
         return (self._directory / str(step) / _COMMIT_FILE).is_file()
+
+    def set_aside(self) -> list[str]:
+        """Names of the directories moved aside (`<step>.incomplete[-k]`, `<step>.corrupt[-k]`), sorted by step."""
+        names = [e.name for e in self._directory.iterdir() if e.is_dir() and _ASIDE_DIR.match(e.name)]
+        return sorted(names, key=lambda n: (int(n.split(".")[0]), n))
 
     def all_steps(self) -> list[int]:
         """Sorted steps of the finalised checkpoints in `directory`."""
@@ -406,6 +553,7 @@ class Checkpointer:
             state["key"] = _to_global(key_data, key_value)
         meta = {
             "format_version": _FORMAT_VERSION,
+            "jaxsciml_version": __version__,
             "step": step,
             "model_spec": m_spec,
             "opt_state_spec": o_spec,
@@ -425,14 +573,16 @@ class Checkpointer:
                 stacklevel=2,
             )
             self._manager.delete(step)
+        _log_gate.open()
+        self._pending_step = step
         try:
             self._manager.save(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                 force=True,
             )
-        except BaseException:
-            _release_orbax_waiters()
+        except BaseException as e:
+            self._save_failed(e)
             raise
         if wait:
             self.wait()
@@ -453,12 +603,41 @@ class Checkpointer:
             )
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are committed (re-raises their errors)."""
+        """Block until pending asynchronous saves are committed (re-raises their errors; a full disk as one
+        `OSError` with `errno.ENOSPC`)."""
         try:
             self._manager.wait_until_finished()
-        except BaseException:
-            _release_orbax_waiters()
+        except BaseException as e:
+            self._save_failed(e)
             raise
+        if self._pending_step is not None:
+            self._pending_step = None
+            _log_gate.close(failed=False)
+
+    def _save_failed(self, error: BaseException) -> None:
+        """After a failed save: unblock orbax's waiting threads, drop orbax's error logs for it, and turn a full disk
+        into one clear `OSError` (raised from here; other errors are re-raised by the caller)."""
+        _release_orbax_waiters()
+        step, self._pending_step = self._pending_step, None
+        if step is not None:
+            _log_gate.close(failed=True)
+        if not _is_disk_full(error):
+            return
+        try:
+            free = shutil.disk_usage(self._directory).free
+            space = f"{free / 2**20:.1f} MiB free"
+        except OSError:  # pragma: no cover
+            space = "free space unknown"
+        intact = sorted(
+            int(d.name) for d in self.directory.iterdir() if _STEP_DIR.match(d.name) and self._is_committed(int(d.name))
+        )
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device: the checkpoint of step {step} could not be written to "
+            f"{str(self._directory)!r} ({space}); the checkpoints already written are intact (steps {intact}). "
+            "Free some space (the partial write is moved aside as `<step>.incomplete` at the next start) or lower "
+            f"`max_to_keep`. orbax reported: {_first_line(error)}",
+        ) from None
 
     # ------------------------------------------------------------------ restore
     def restore(
@@ -501,12 +680,13 @@ class Checkpointer:
                 skipped.append((candidate, str(e)))
                 continue
             if skipped:
-                moved = self._move_aside([s for s, _ in skipped])
+                if self.writable:
+                    moved = f". Moved aside to {self._move_aside([s for s, _ in skipped])}."
+                else:
+                    moved = " (left in place: the directory is read-only)."
                 warnings.warn(
                     f"skipped {len(skipped)} corrupt checkpoint(s) in {str(self._directory)!r} and restored step "
-                    f"{candidate} instead: "
-                    + "; ".join(f"step {s}: {reason}" for s, reason in skipped)
-                    + f". Moved aside to {moved}.",
+                    f"{candidate} instead: " + "; ".join(f"step {s}: {reason}" for s, reason in skipped) + moved,
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -521,11 +701,7 @@ class Checkpointer:
         names = []
         for step in steps:
             src = self._directory / str(step)
-            dst = self._directory / f"{step}.corrupt"
-            k = 0
-            while dst.exists():
-                k += 1
-                dst = self._directory / f"{step}.corrupt-{k}"
+            dst = self._aside_name(step, "corrupt")
             names.append(dst.name)
             if jax.process_index() == 0:
                 src.rename(dst)
@@ -544,15 +720,79 @@ class Checkpointer:
             raise error if error is not None else CorruptCheckpointError("it failed to verify on another process")
         return out
 
+    def restore_set_aside(
+        self, like_model: PyTree, like_opt_state: PyTree, name: str
+    ) -> tuple[PyTree, PyTree, int, Any, dict[str, list[Any]]]:
+        """Restore a checkpoint that was moved aside (one of [`set_aside`][]'s names, e.g. `"12.incomplete"`): a step
+        that lost `commit_success.txt` or orbax's `_CHECKPOINT_METADATA`, or one skipped as corrupt.
+
+        Only a checkpoint whose metadata is readable, whose stored step matches its name, and whose every array
+        matches the sha256 digest stored when it was saved (format version 2 or later) is restored; otherwise a
+        ValueError says why. Returns `(model, opt_state, step, key, history)` like [`restore`][]. Nothing is moved or
+        deleted; to resume from it, `save` the result (e.g. under its step) with a writable `Checkpointer`.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not _ASIDE_DIR.match(name):
+            raise ValueError(
+                f"`name` must be the name of a set-aside checkpoint directory such as '12.incomplete', got {name!r}; "
+                f"set aside in {str(self._directory)!r}: {self.set_aside()}"
+            )
+        path = self._directory / name
+        if not path.is_dir():
+            raise ValueError(f"`name` {name!r} is not in {str(self._directory)!r}; set aside: {self.set_aside()}")
+        step = int(name.split(".")[0])
+        where = f"set-aside checkpoint {name!r} ({str(path)!r})"
+        reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+        def read_meta() -> Any:
+            return reader.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+        def read_state(target: Any) -> Any:
+            return reader.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+        try:
+            return self._restore_from(step, where, read_meta, read_state, like_model, like_opt_state, digests=True)
+        finally:
+            reader.close()
+
     def _restore_step(
         self, step: int, like_model: PyTree, like_opt_state: PyTree
     ) -> tuple[PyTree, PyTree, int, Any, dict[str, list[Any]]]:
         where = f"checkpoint at step {step} ({str(self._directory / str(step))!r})"
-        meta = self._agreed(lambda: self._read_meta(step, where))
+
+        def read_meta() -> Any:
+            return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+        def read_state(target: Any) -> Any:
+            return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+        return self._restore_from(step, where, read_meta, read_state, like_model, like_opt_state, digests=False)
+
+    def _restore_from(
+        self,
+        step: int,
+        where: str,
+        read_meta: Callable[[], Any],
+        read_state: Callable[[Any], Any],
+        like_model: PyTree,
+        like_opt_state: PyTree,
+        *,
+        digests: bool,
+    ) -> tuple[PyTree, PyTree, int, Any, dict[str, list[Any]]]:
+        """Read, check and rebuild one checkpoint; `digests`: refuse one without sha256 digests (format 1)."""
+        meta = self._agreed(lambda: self._read_meta(step, where, read_meta))
+        if digests and meta["format_version"] < 2:
+            raise CorruptCheckpointError(
+                f"{where} was written in format {meta['format_version']}, without the digests needed to verify it"
+            )
+        if "jaxsciml_version" in meta and meta["jaxsciml_version"] != __version__:
+            written = f" (written by jaxsciml {meta['jaxsciml_version']}; this is {__version__}: see the CHANGELOG)"
+        else:
+            written = ""
         m_leaves, m_def, m_spec = _leaf_spec(like_model)
         o_leaves, o_def, o_spec = _leaf_spec(like_opt_state)
-        _compare("like_model", meta["model_spec"], m_spec, step)
-        _compare("like_opt_state", meta["opt_state_spec"], o_spec, step)
+        _compare("like_model", meta["model_spec"], m_spec, step, written)
+        _compare("like_opt_state", meta["opt_state_spec"], o_spec, step, written)
         key_meta = meta.get("key")
         target: dict[str, Any] = {
             "model": {f"{i:06d}": _target(x) for i, x in enumerate(m_leaves)},
@@ -564,8 +804,7 @@ class Checkpointer:
 
         def read_arrays():
             try:
-                args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-                return self._manager.restore(step, args=args)["state"]
+                return read_state(target)
             except Exception as e:
                 raise CorruptCheckpointError(f"{where}: its arrays cannot be read ({type(e).__name__}: {e})") from e
 
@@ -607,19 +846,16 @@ class Checkpointer:
         history = {k: list(v) for k, v in meta.get("history", {}).items()}
         return model, opt_state, step, key, history
 
-    def _read_meta(self, step: int, where: str) -> dict[str, Any]:
+    def _read_meta(self, step: int, where: str, read: Callable[[], Any]) -> dict[str, Any]:
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta = read()
         except Exception as e:
             raise CorruptCheckpointError(f"{where}: its metadata cannot be read ({type(e).__name__}: {e})") from e
         if not isinstance(meta, dict):
             raise CorruptCheckpointError(f"{where}: its metadata is missing or not a JSON object")
         version = meta.get("format_version")
-        if version not in _READABLE_VERSIONS:
-            raise CorruptCheckpointError(
-                f"{where} was not written by jaxsciml.train.Checkpointer or by an incompatible version "
-                f"(format_version {version!r}, readable: {list(_READABLE_VERSIONS)})"
-            )
+        if version not in _READABLE_VERSIONS or isinstance(version, bool):
+            raise CheckpointFormatError(_format_message(where, version, meta.get("jaxsciml_version")))
         missing = [k for k in ("step", "model_spec", "opt_state_spec", "history") if k not in meta]
         if missing:
             raise CorruptCheckpointError(f"{where}: its metadata lacks {missing}")

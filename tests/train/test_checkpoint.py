@@ -145,10 +145,10 @@ def test_refuses_to_save_nonfinite_and_closed(tmp_path):
         ck.save(2, model, opt_state)
 
 
-def test_leftovers_removed_at_start(tmp_path, caplog):
+def test_leftovers_moved_aside_at_start(tmp_path, caplog):
     """Leftovers of an interrupted save (an orbax tmp dir, a step dir without the commit marker) and of a deletion
-    killed midway (orbax removes an old step file by file) are removed at start, with one warning; orbax then never
-    logs "Metadata file does not exist" for them."""
+    killed midway (orbax removes an old step file by file) are moved aside as `<step>.incomplete` at start (never
+    deleted), with one warning; orbax then never logs "Metadata file does not exist" for them."""
     model, opt_state = _state()
     with Checkpointer(tmp_path, max_to_keep=None) as ck:
         for step in (3, 5):
@@ -165,10 +165,12 @@ def test_leftovers_removed_at_start(tmp_path, caplog):
         path = tmp_path / "3" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     caplog.set_level("WARNING")
-    with pytest.warns(RuntimeWarning, match=r"removed 3 incomplete checkpoint directories.*\['12', '3', '9\.orbax"):
+    with pytest.warns(RuntimeWarning, match=r"moved 3 incomplete checkpoint directories.*'12 -> 12\.incomplete'"):
         ck = Checkpointer(tmp_path)
     with ck:
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["5"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["12.incomplete", "3.incomplete", "5", "9.incomplete"]
+        assert ck.set_aside() == ["3.incomplete", "9.incomplete", "12.incomplete"]
+        assert (tmp_path / "12.incomplete" / "state" / "junk").read_bytes() == b"\x00" * 10  # nothing deleted
         assert ck.all_steps() == [5] and ck.latest_step() == 5
         m, _, step, _, h = ck.restore(model, opt_state)
         assert step == 5 and h == {"s": [5]} and _equal(m, _scale(model, 5))
@@ -198,7 +200,7 @@ def test_save_failing_midway_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated crash"):
         ck.save(2, _scale(model, 2), opt_state, None, {"s": [2]})
     monkeypatch.undo()
-    with pytest.warns(RuntimeWarning, match=r"removed 1 incomplete checkpoint directory .*\['2\.orbax-checkpoint-tmp"):
+    with pytest.warns(RuntimeWarning, match=r"moved 1 incomplete checkpoint directory .*'2\.orbax-checkpoint-tmp"):
         fresh = Checkpointer(tmp_path)
     with fresh:
         assert fresh.all_steps() == [1]
@@ -251,7 +253,7 @@ def test_killed_mid_save_never_restores_invalid(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "removed 1 incomplete checkpoint directory", if any
         ck = Checkpointer(directory, max_to_keep=None)
-    assert not [p for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]  # leftover removed
+    assert not [p for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]  # leftover moved aside
     with ck:
         steps = ck.all_steps()
         assert steps and steps == list(range(1, len(steps) + 1))
@@ -440,11 +442,14 @@ _READ_ONLY_SCRIPT = textwrap.dedent(
     read_only = root / "read_only"
     read_only.mkdir()
     make_read_only(read_only)
+    ro = Checkpointer(read_only)
+    print("CREATED", ro.writable, flush=True)
     try:
-        Checkpointer(read_only)
-        print("CREATED", flush=True)
+        ro.save(1, {"w": jnp.ones(4)}, None)
+        print("SAVED", flush=True)
     except PermissionError as e:
         print("CREATE_ERR", e, flush=True)
+    ro.close()
     later = root / "later"
     ck = Checkpointer(later)
     ck.save(1, {"w": jnp.ones(4)}, None)
@@ -468,7 +473,7 @@ _READ_ONLY_SCRIPT = textwrap.dedent(
 
 
 def test_read_only_directory_fails_at_once_and_exits_promptly(tmp_path):
-    """A read-only checkpoint directory is refused when the Checkpointer is created; one that turns read-only is
+    """A read-only checkpoint directory opens read-only and refuses a save at once; one that turns read-only is
     refused before a save starts; and when orbax's own background save fails, the process still exits within seconds
     (orbax's writer threads used to wait 300 s for the step directory at interpreter exit).
 
@@ -509,10 +514,10 @@ def test_read_only_directory_fails_at_once_and_exits_promptly(tmp_path):
                 os.chmod(tmp_path / name, 0o755)
     assert proc.returncode == 0, lines
     denied = "(Permission denied|Operation not permitted)"
-    assert len(lines) == 4, lines
-    assert re.fullmatch(
-        rf"CREATE_ERR the checkpoint `directory` '{tmp_path}/read_only' is not writable: {denied}", lines[0]
-    )
-    assert re.fullmatch(rf"SAVE_ERR the checkpoint `directory` '{tmp_path}/later' is not writable: {denied}", lines[1])
-    assert lines[2].startswith("ORBAX_ERR PermissionError") and lines[3] == "END"
+    assert len(lines) == 5, lines
+    assert lines[0] == "CREATED False"
+    created = rf"CREATE_ERR the checkpoint `directory` '{tmp_path}/read_only' is not writable: {denied}"
+    assert re.match(created, lines[1])
+    assert re.fullmatch(rf"SAVE_ERR the checkpoint `directory` '{tmp_path}/later' is not writable: {denied}", lines[2])
+    assert lines[3].startswith("ORBAX_ERR PermissionError") and lines[4] == "END"
     assert exit_s < 30, f"the process took {exit_s:.0f} s to exit after a failed save"

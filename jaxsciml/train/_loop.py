@@ -1,0 +1,143 @@
+"""How ``fit`` advances the training state on the host: many steps per device call, or one (private).
+
+Both runners have the same small interface, so ``fit``'s host loop (progress, evaluation, checkpoints, time budget)
+does not care which one runs: ``advance(state, stop_at, recorder, time_left, stacklevel)`` performs at least one
+step and at most ``stop_at - state.step``, recording them (possibly later: ``flush``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from ._data import Batches
+from ._history import Recorder, named_scalars
+from ._step import TrainStep
+from ._timing import compile_seconds
+
+# Without `steps_per_call`, a device call runs up to this many steps, sized so that one call takes about
+# `TARGET_CALL_S` (progress, `max_time_s` and interrupts are then handled a few times a second).
+AUTO_CAPACITY = 1000
+AUTO_FIRST = 10
+TARGET_CALL_S = 0.2
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a step changes: the model, the optimiser state, the PRNG key (or `None`) and the completed steps."""
+
+    model: PyTree
+    opt_state: PyTree
+    key: Any
+    step: int
+
+
+def _seconds_since(t0: float, c0: float) -> float:
+    """Wall seconds since ``(t0, c0) = (perf_counter(), compile_seconds())``, compilation excluded."""
+    return max(time.perf_counter() - t0 - (compile_seconds() - c0), 0.0)
+
+
+class ChunkRunner:
+    """Runs the compiled multi-step program (`_program.build_chunk`) for up to ``steps_per_call`` steps per call;
+    with ``steps_per_call=None`` the count per call is sized from the measured step time (about `TARGET_CALL_S`)."""
+
+    def __init__(self, program: Callable[..., Any], stacked: Any, steps_per_call: int | None, capacity: int) -> None:
+        self.program = program
+        self.stacked = stacked
+        self.steps_per_call = steps_per_call
+        self.capacity = capacity
+        self.auto_n = min(capacity, AUTO_FIRST)
+
+    def advance(
+        self, state: TrainState, stop_at: int, recorder: Recorder, time_left: float | None, stacklevel: int
+    ) -> bool:
+        n = min(stop_at - state.step, self.steps_per_call or self.auto_n)
+        typical = statistics.median(recorder.step_times[-64:]) if recorder.step_times else None
+        if time_left is not None and typical:
+            n = max(1, min(n, int(time_left / typical)))
+        t0, c0 = time.perf_counter(), compile_seconds()
+        out = self.program(
+            state.model, state.opt_state, state.key, jnp.asarray(state.step), jnp.asarray(n, jnp.int32), self.stacked
+        )
+        model, opt_state, key, done, losses, oks, auxs = out
+        done, losses, oks, auxs = jax.device_get((done, losses, oks, auxs))
+        done = int(done)
+        seconds = _seconds_since(t0, c0)
+        recorder.record(
+            state.step, losses[:done], oks[:done], {k: v[:done] for k, v in auxs.items()}, seconds, stacklevel + 1
+        )
+        state.model, state.opt_state, state.key = model, opt_state, key
+        state.step += done
+        if self.steps_per_call is None and seconds > 0:
+            self.auto_n = int(min(self.capacity, max(1, TARGET_CALL_S * done / seconds)))
+        return True
+
+    def flush(self, recorder: Recorder, state: TrainState, stacklevel: int) -> None:
+        """Nothing is pending: every call records its steps."""
+
+
+class StepRunner:
+    """One step per call from the host: batches from `Batches`, fit's own (memoised) step or a custom
+    ``train_step``. Results of fit's own step are fetched in one transfer every `TARGET_CALL_S` or at ``stop_at``
+    (no host sync per step); a custom step is synchronised every step, since it may not guard itself."""
+
+    def __init__(self, train_step: TrainStep, own_step: bool, batches: Batches) -> None:
+        self.train_step = train_step
+        self.own_step = own_step
+        self.batches = batches
+        self.pending: list[tuple[Any, Any, dict[str, Any]]] = []
+        self.pending_since = (time.perf_counter(), compile_seconds())
+
+    def advance(
+        self, state: TrainState, stop_at: int, recorder: Recorder, time_left: float | None, stacklevel: int
+    ) -> bool:
+        """One step; ``False`` (nothing done) if ``data`` ran out."""
+        if not self.pending:
+            self.pending_since = (time.perf_counter(), compile_seconds())
+        subkey = None
+        if state.key is not None:
+            state.key, subkey = jax.random.split(state.key)
+        try:
+            batch = self.batches.get(state.step, subkey)
+        except StopIteration:
+            self.flush(recorder, state, stacklevel + 1)
+            return False
+        model, opt_state, loss, aux, ok = self.train_step(state.model, state.opt_state, batch)
+        aux_items = dict(named_scalars(aux, "aux"))
+        if self.own_step:
+            # fit's own step already leaves the state unchanged on a non-finite step: no sync needed here.
+            state.model, state.opt_state = model, opt_state
+            self.pending.append((loss, ok, aux_items))
+            state.step += 1
+            if state.step == stop_at or time.perf_counter() - self.pending_since[0] > TARGET_CALL_S:
+                self.flush(recorder, state, stacklevel + 1)
+        else:
+            # a custom step may not guard itself: check `ok` before adopting its result.
+            self.pending.append((loss, jnp.all(ok), aux_items))
+            state.step += 1
+            is_ok = bool(np.all(np.asarray(ok)))
+            self.flush(recorder, state, stacklevel + 1)
+            if is_ok:
+                state.model, state.opt_state = model, opt_state
+        return True
+
+    def flush(self, recorder: Recorder, state: TrainState, stacklevel: int) -> None:
+        """Fetch the pending per-step results in one transfer and record them."""
+        if not self.pending:
+            return
+        fetched = jax.device_get(self.pending)
+        losses, oks, auxs = [f[0] for f in fetched], [f[1] for f in fetched], [f[2] for f in fetched]
+        first = state.step - len(self.pending)
+        names = list(auxs[0])
+        seconds = _seconds_since(*self.pending_since)
+        self.pending.clear()
+        columns = {n: [a[n] for a in auxs] for n in names}
+        recorder.record(first, np.asarray(losses), np.asarray(oks), columns, seconds, stacklevel + 1)

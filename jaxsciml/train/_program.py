@@ -1,0 +1,106 @@
+"""The compiled multi-step program ``fit`` runs: up to ``capacity`` steps per device call (private)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._history import named_scalars
+from ._step import TrainStep, make_train_step, step_body
+
+
+def build_chunk(
+    loss_fn: Callable[..., Any],
+    optimizer: Any,
+    has_aux: bool,
+    nonfinite: str,
+    data: Callable[[Any], Any] | None,
+    data_mode: str,
+    capacity: int,
+) -> Callable[..., Any]:
+    """``run(model, opt_state, key, step0, n, stacked)``: up to ``capacity`` steps (``n`` of them, fewer if
+    ``nonfinite == "raise"`` meets a non-finite step) in one ``lax.while_loop``, one compiled program for every ``n``.
+
+    Each step is exactly fit's per-step loop: ``key, sub = split(key)`` when a key is carried, the batch
+    ``data(step)`` / ``data(sub)`` / ``stacked[step % len]``, then ``step_body`` (with its non-finite guard).
+    Returns ``(model, opt_state, key, steps_done, losses, oks, aux_columns)``; the per-step buffers have length
+    ``capacity`` and are valid up to ``steps_done``.
+    """
+
+    def run(model, opt_state, key, step0, n, stacked):
+        params, static_m = eqx.partition(model, eqx.is_array)
+        state, static_s = eqx.partition(opt_state, eqx.is_array)
+
+        def one(params, state, key, i):
+            sub = None
+            if key is not None:
+                key, sub = jax.random.split(key)
+            step = step0 + i
+            if data_mode == "step":
+                batch = data(step)
+            elif data_mode == "key":
+                batch = data(sub)
+            else:
+                size = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+                batch = jax.tree_util.tree_map(lambda a: a[step % size], stacked)
+            m, s, loss, aux, ok = step_body(
+                loss_fn, optimizer, has_aux, nonfinite, eqx.combine(params, static_m), eqx.combine(state, static_s),
+                batch,
+            )  # fmt: skip
+            aux = {name: jnp.reshape(leaf, ()) for name, leaf in named_scalars(aux, "aux")}
+            return eqx.filter(m, eqx.is_array), eqx.filter(s, eqx.is_array), key, loss, aux, ok
+
+        i0 = jnp.zeros((), n.dtype)
+        shapes = jax.eval_shape(one, params, state, key, i0)
+        losses = jnp.full((capacity,), jnp.nan, shapes[3].dtype)
+        oks = jnp.ones((capacity,), bool)
+        auxs = {name: jnp.zeros((capacity,), sd.dtype) for name, sd in shapes[4].items()}
+
+        def cond(carry):
+            i, stop = carry[0], carry[-1]
+            return (i < n) & ~stop
+
+        def body(carry):
+            i, params, state, key, losses, oks, auxs, _ = carry
+            params, state, key, loss, aux, ok = one(params, state, key, i)
+            losses = losses.at[i].set(loss)
+            oks = oks.at[i].set(ok)
+            auxs = {name: col.at[i].set(aux[name]) for name, col in auxs.items()}
+            stop = ~ok if nonfinite == "raise" else jnp.array(False)
+            return i + 1, params, state, key, losses, oks, auxs, stop
+
+        carry = (i0, params, state, key, losses, oks, auxs, jnp.array(False))
+        done, params, state, key, losses, oks, auxs, _ = jax.lax.while_loop(cond, body, carry)
+        return eqx.combine(params, static_m), eqx.combine(state, static_s), key, done, losses, oks, auxs
+
+    return eqx.filter_jit(run)
+
+
+_chunk_cache = functools.lru_cache(maxsize=32)(build_chunk)
+
+
+def cached_chunk(*args: Any) -> Callable[..., Any]:
+    """``build_chunk`` memoised on its arguments, so repeated ``fit`` calls reuse one compiled program."""
+    try:
+        return _chunk_cache(*args)
+    except TypeError:  # unhashable loss_fn / optimizer / data
+        return build_chunk(*args)
+
+
+def cached_train_step(loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: str) -> TrainStep:
+    """``make_train_step`` memoised on its arguments, so repeated ``fit`` calls with the same loss function and
+    optimiser object reuse one compiled step (instead of recompiling a fresh closure each call)."""
+    try:
+        return _train_step_cache(loss_fn, optimizer, has_aux, nonfinite)
+    except TypeError:  # unhashable loss_fn / optimizer (e.g. an optimizer holding arrays)
+        return make_train_step(loss_fn, optimizer, has_aux=has_aux, nonfinite=nonfinite)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step_cache(loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: str) -> TrainStep:
+    return make_train_step(loss_fn, optimizer, has_aux=has_aux, nonfinite=nonfinite)
