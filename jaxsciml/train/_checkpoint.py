@@ -518,9 +518,10 @@ class Checkpointer:
         m_leaves, _, m_spec = _leaf_spec(model)
         o_leaves, _, o_spec = _leaf_spec(opt_state)
         key_meta: dict[str, Any] | None
+        key_data: jax.Array | np.ndarray | None
         if key is None:
             key_meta, key_data = None, None
-        elif isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        elif isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key_meta, key_data = {"typed": True, "impl": str(jax.random.key_impl(key))}, jax.random.key_data(key)
         elif isinstance(key, jax.Array | np.ndarray):
             key_meta, key_data = {"typed": False}, key

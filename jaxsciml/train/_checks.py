@@ -47,7 +47,7 @@ def check_max_time(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`max_time_s` must be a positive number of seconds or None, got {type(value).__name__}")
-    if not value > 0:  # also rejects NaN
+    if not float(value) > 0:  # also rejects NaN
         raise ValueError(f"`max_time_s` must be > 0 (seconds of training time) or None, got {value!r}")
     return float(value)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -124,7 +125,7 @@ def stack_batches(data: Any) -> Any:
     columns: list[list[Any]] = [[] for _ in leaves0]
     for batch in data:
         leaves, td = jax.tree_util.tree_flatten(batch)
-        if td != treedef or any(not isinstance(x, jax.Array | np.ndarray) for x in leaves):
+        if td != treedef or any(not isinstance(x, jax.Array | np.ndarray) for x in leaves):  # type: ignore[operator]  # no jaxlib stub for PyTreeDef
             return None
         if [(np.shape(x), x.dtype) for x in leaves] != spec0:
             return None

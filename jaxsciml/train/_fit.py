@@ -31,7 +31,7 @@ from ._data import Batches, check_steps_per_call, plan_data
 from ._history import Recorder
 from ._loop import AUTO_CAPACITY, ChunkRunner, StepRunner, TrainState
 from ._program import cached_chunk, cached_train_step
-from ._step import TrainStep
+from ._step import NonFiniteStep, TrainStep
 from ._timing import compile_seconds
 
 NonFinite = Literal["skip", "raise"]
@@ -281,7 +281,7 @@ def _make_runner(
     loss_fn: Callable[..., Any],
     optimizer: Any,
     has_aux: bool,
-    nonfinite: str,
+    nonfinite: NonFiniteStep,
     data: Any,
     data_arg: str,
     state: TrainState,

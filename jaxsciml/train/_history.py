@@ -122,5 +122,5 @@ class Recorder:
         self._last_health.update(counters)
 
     def health_recorded_at(self, step: int) -> bool:
-        steps = self.history.get("health_step")
+        steps = self.history.get("health_step", [])
         return bool(steps) and steps[-1] == step

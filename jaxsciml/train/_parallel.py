@@ -19,10 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
 from ._checks import check_loss_fn, check_nonfinite, check_optimizer
-from ._step import TrainStep, step_body
+from ._step import NonFiniteStep, TrainStep, step_body
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -> Mesh:
+def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -> Mesh:  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
     """A one-dimensional `Mesh` over `devices` (default: all of `jax.devices()`, i.e. every host's devices in a
     multi-host run after `jax.distributed.initialize()`) with the single axis name `axis`."""
     if devices is None:
@@ -90,7 +90,7 @@ def make_sharded_train_step(
     *,
     axis: str = "data",
     has_aux: bool = False,
-    nonfinite: str = "skip",
+    nonfinite: NonFiniteStep = "skip",
 ) -> TrainStep:
     """[`make_train_step`][jaxsciml.train.make_train_step] for data parallelism with `jax.sharding`.
 
@@ -127,8 +127,8 @@ def make_pmap_train_step(
     *,
     axis_name: str = "data",
     has_aux: bool = False,
-    nonfinite: str = "skip",
-    devices: Sequence[jax.Device] | None = None,
+    nonfinite: NonFiniteStep = "skip",
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
 ) -> TrainStep:
     """[`make_train_step`][jaxsciml.train.make_train_step] for data parallelism with `jax.pmap`
     (`eqx.filter_pmap`).
@@ -153,11 +153,11 @@ def make_pmap_train_step(
     def body(model, opt_state, batch):
         return step_body(loss_fn, optimizer, has_aux, nonfinite, model, opt_state, batch, reduce)
 
-    kwargs = {} if devices is None else {"devices": list(devices)}
+    kwargs: dict[str, Any] = {} if devices is None else {"devices": list(devices)}
     return eqx.filter_pmap(body, axis_name=axis_name, **kwargs)
 
 
-def pmap_replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) -> PyTree:
+def pmap_replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) -> PyTree:  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
     """Stack `len(devices)` copies of every array leaf of `tree` along a new leading axis, one copy per device
     (default devices: `jax.local_devices()`), ready for a `pmap`-ed step. Non-array leaves are left as they are."""
     devices = list(jax.local_devices() if devices is None else devices)

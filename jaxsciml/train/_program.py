@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from ._history import named_scalars
-from ._step import TrainStep, make_train_step, step_body
+from ._step import NonFiniteStep, TrainStep, make_train_step, step_body
 
 
 def build_chunk(
     loss_fn: Callable[..., Any],
     optimizer: Any,
     has_aux: bool,
-    nonfinite: str,
+    nonfinite: NonFiniteStep,
     data: Callable[[Any], Any] | None,
     data_mode: str,
     capacity: int,
@@ -42,9 +42,9 @@ def build_chunk(
                 key, sub = jax.random.split(key)
             step = step0 + i
             if data_mode == "step":
-                batch = data(step)
+                batch = cast(Callable[[Any], Any], data)(step)  # data_mode "step"/"key": data is given
             elif data_mode == "key":
-                batch = data(sub)
+                batch = cast(Callable[[Any], Any], data)(sub)
             else:
                 size = jax.tree_util.tree_leaves(stacked)[0].shape[0]
                 batch = jax.tree_util.tree_map(lambda a: a[step % size], stacked)
@@ -92,7 +92,9 @@ def cached_chunk(*args: Any) -> Callable[..., Any]:
         return build_chunk(*args)
 
 
-def cached_train_step(loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: str) -> TrainStep:
+def cached_train_step(
+    loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: NonFiniteStep
+) -> TrainStep:
     """``make_train_step`` memoised on its arguments, so repeated ``fit`` calls with the same loss function and
     optimiser object reuse one compiled step (instead of recompiling a fresh closure each call)."""
     try:
@@ -102,5 +104,7 @@ def cached_train_step(loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step_cache(loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: str) -> TrainStep:
+def _train_step_cache(
+    loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: NonFiniteStep
+) -> TrainStep:
     return make_train_step(loss_fn, optimizer, has_aux=has_aux, nonfinite=nonfinite)

@@ -114,7 +114,7 @@ def keep_if_not(ok: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
     old_dyn, _ = eqx.partition(old, eqx.is_array)
     new_leaves, new_def = jax.tree_util.tree_flatten(new_dyn)
     old_leaves, old_def = jax.tree_util.tree_flatten(old_dyn)
-    same = new_def == old_def and all(
+    same = new_def == old_def and all(  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         a.shape == b.shape and a.dtype == b.dtype for a, b in zip(new_leaves, old_leaves)
     )  # fmt: skip
     if not same:

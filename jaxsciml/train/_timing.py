@@ -18,10 +18,10 @@ _compile_lock = threading.Lock()
 _compile_total = [0.0]
 
 
-def _on_duration_event(event: str, duration: float, **kwargs: Any) -> None:
+def _on_duration_event(event: str, duration_secs: float, **kwargs: Any) -> None:
     if event in _COMPILE_EVENTS:
         with _compile_lock:
-            _compile_total[0] += duration
+            _compile_total[0] += duration_secs
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
