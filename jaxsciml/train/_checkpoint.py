@@ -14,7 +14,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import PyTree
+from jaxtyping import PRNGKeyArray, PyTree
 
 from .._version import __version__
 from ._checks import check_count
@@ -52,6 +52,10 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointFormatError(ValueError):
     """A checkpoint written in a format this version of jaxsciml does not read (never moved aside as corrupt)."""
+
+
+ModelT = TypeVar("ModelT")
+OptStateT = TypeVar("OptStateT")
 
 
 # ---------------------------------------------------------------------------------------------------- multi-process
@@ -643,10 +647,10 @@ class Checkpointer:
     # ------------------------------------------------------------------ restore
     def restore(
         self,
-        like_model: PyTree,
-        like_opt_state: PyTree,
+        like_model: ModelT,
+        like_opt_state: OptStateT,
         step: int | None = None,
-    ) -> tuple[PyTree, PyTree, int, Any, dict[str, list[Any]]]:
+    ) -> tuple[ModelT, OptStateT, int, PRNGKeyArray | None, dict[str, list[Any]]]:
         """Restore `(model, opt_state, step, key, history)` from checkpoint `step` (default: the latest that verifies).
 
         `like_model` / `like_opt_state` are templates with the same structure, shapes and dtypes as what was saved
@@ -722,8 +726,8 @@ class Checkpointer:
         return out
 
     def restore_set_aside(
-        self, like_model: PyTree, like_opt_state: PyTree, name: str
-    ) -> tuple[PyTree, PyTree, int, Any, dict[str, list[Any]]]:
+        self, like_model: ModelT, like_opt_state: OptStateT, name: str
+    ) -> tuple[ModelT, OptStateT, int, PRNGKeyArray | None, dict[str, list[Any]]]:
         """Restore a checkpoint that was moved aside (one of [`set_aside`][]'s names, e.g. `"12.incomplete"`): a step
         that lost `commit_success.txt` or orbax's `_CHECKPOINT_METADATA`, or one skipped as corrupt.
 

@@ -18,11 +18,11 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import equinox as eqx
 import optax
-from jaxtyping import PyTree
+from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from ._checkpoint import Checkpointer
@@ -38,8 +38,11 @@ NonFinite = Literal["skip", "raise"]
 DataArg = Literal["auto", "step", "key"]
 
 
+ModelT = TypeVar("ModelT")
+
+
 @dataclasses.dataclass(frozen=True)
-class FitResult:
+class FitResult(Generic[ModelT]):
     """What [`fit`][jaxsciml.train.fit] returns.
 
     **Fields:**
@@ -61,10 +64,10 @@ class FitResult:
     - `step_s`: median seconds per training step in this call, compilation excluded (`nan` if no step ran).
     """
 
-    model: PyTree
+    model: ModelT
     opt_state: PyTree
     step: int
-    key: Any
+    key: PRNGKeyArray | None
     history: dict[str, list[Any]]
     wall_s: float = 0.0
     compile_s: float = 0.0
@@ -72,28 +75,28 @@ class FitResult:
 
 
 def fit(
-    model: PyTree,
-    loss_fn: Callable[..., Any],
+    model: ModelT,
+    loss_fn: Callable[[ModelT, Any], Any],
     optimizer: optax.GradientTransformation | optax.MultiSteps,
     data: Iterable[Any] | Callable[[Any], Any],
     num_steps: int,
     *,
     has_aux: bool = False,
-    key: Any = None,
-    eval_fn: Callable[[PyTree], Any] | None = None,
+    key: PRNGKeyArray | None = None,
+    eval_fn: Callable[[ModelT], Any] | None = None,
     eval_every: int = 0,
     checkpointer: Checkpointer | None = None,
     checkpoint_every: int = 0,
     nonfinite: NonFinite = "skip",
     progress: bool = True,
-    start: FitResult | None = None,
+    start: FitResult[ModelT] | None = None,
     resume: bool = True,
     data_arg: DataArg = "auto",
     train_step: TrainStep | None = None,
     desc: str = "fit",
     steps_per_call: int | None = None,
     max_time_s: float | None = None,
-) -> FitResult:
+) -> FitResult[ModelT]:
     """Train `model` to step `num_steps` with an optax optimiser.
 
     Each step: draw a batch, compute `loss_fn(model, batch)` and its gradient (`eqx.filter_value_and_grad`, w.r.t. the

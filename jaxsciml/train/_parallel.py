@@ -8,7 +8,7 @@ per-shard gradients of equal-sized shards; for a sum it would be their sum inste
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
@@ -20,6 +20,8 @@ from jaxtyping import PyTree
 
 from ._checks import check_loss_fn, check_nonfinite, check_optimizer
 from ._step import NonFiniteStep, TrainStep, step_body
+
+TreeT = TypeVar("TreeT")  # a PyTree type: these functions return the same structure and leaf types
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -> Mesh:  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
@@ -53,7 +55,7 @@ def _check_leading(batch: PyTree, n: int, what: str) -> None:
             )
 
 
-def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "data") -> PyTree:
+def shard_batch(batch: TreeT, mesh: Mesh, axis: str = "data") -> TreeT:
     """Place `batch` on `mesh`, split along the leading dimension of every leaf over mesh axis `axis`
     (`NamedSharding(mesh, P(axis))`). Every leaf needs a leading dimension divisible by the number of devices on
     `axis`.
@@ -73,7 +75,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "data") -> PyTree:
     return jax.device_put(batch, sharding)
 
 
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+def replicate(tree: TreeT, mesh: Mesh) -> TreeT:
     """Copy every array leaf of `tree` (e.g. a model or optimiser state) to all devices of `mesh` (fully replicated
     `NamedSharding(mesh, P())`); non-array leaves are left as they are."""
     if not isinstance(mesh, Mesh):
@@ -157,7 +159,7 @@ def make_pmap_train_step(
     return eqx.filter_pmap(body, axis_name=axis_name, **kwargs)
 
 
-def pmap_replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) -> PyTree:  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
+def pmap_replicate(tree: TreeT, devices: Sequence[jax.Device] | None = None) -> TreeT:  # pyright: ignore[reportInvalidTypeForm]  # no jaxlib stub
     """Stack `len(devices)` copies of every array leaf of `tree` along a new leading axis, one copy per device
     (default devices: `jax.local_devices()`), ready for a `pmap`-ed step. Non-array leaves are left as they are."""
     devices = list(jax.local_devices() if devices is None else devices)
@@ -174,13 +176,13 @@ def pmap_replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) ->
     return eqx.combine(jax.tree_util.tree_map(rep, dyn), static)
 
 
-def pmap_unreplicate(tree: PyTree) -> PyTree:
+def pmap_unreplicate(tree: TreeT) -> TreeT:
     """Take the first replica (index 0 of the leading device axis) of every array leaf."""
     dyn, static = eqx.partition(tree, eqx.is_array)
     return eqx.combine(jax.tree_util.tree_map(lambda x: x[0], dyn), static)
 
 
-def split_for_pmap(batch: PyTree, n: int) -> PyTree:
+def split_for_pmap(batch: TreeT, n: int) -> TreeT:
     """Reshape every leaf of `batch` from `(B, ...)` to `(n, B // n, ...)` for a `pmap` over `n` devices; `B` must
     be divisible by `n`."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
