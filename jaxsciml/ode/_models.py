@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._regularizers import (
+    YT,
     AbstractRegularizer,
     HeuristicRegularization,
     NoRegularization,
@@ -121,27 +122,27 @@ class NeuralODE(eqx.Module):
 
     def __call__(
         self,
-        y0: PyTree[Array],
+        y0: YT,
         ts: Float[Array, " m"] | None = None,
         *,
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[YT]:
         return regularized_solve(
             self.field, y0, self.t0, self.t1, ts=ts, config=self.config, regularizer=regularizer, key=key, step=step
         )
 
     def batched(
         self,
-        y0s: PyTree[Array],
+        y0s: YT,
         ts: Float[Array, " m"] | None = None,
         *,
         shared_steps: bool = True,
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[YT]:
         """Solve a batch ``y0s`` (leading axis ``B`` on every leaf): one system with one step sequence
         (``shared_steps=True``) or ``vmap`` of per-example solves (module docstring for the trade-off).
 
@@ -188,7 +189,7 @@ class ODEClassifier(eqx.Module):
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[Array]:
         h0 = self.encoder(x)
         out = self.ode(h0, regularizer=regularizer, key=key, step=step)
         return eqx.tree_at(lambda o: o.ys, out, self.head(out.ys))
@@ -201,7 +202,7 @@ class ODEClassifier(eqx.Module):
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[Array]:
         """Logits for a batch ``xs`` (leading axis ``B``): the ODE block solved with one shared step sequence or
         per example (see :meth:`NeuralODE.batched`)."""
         h0s = jax.vmap(self.encoder)(xs)
@@ -266,7 +267,7 @@ class LatentODE(eqx.Module):
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[Array]:
         if xs.ndim != 2 or xs.shape[1] != self.data_size or xs.shape[0] != ts.shape[0] or mask.shape != ts.shape:
             raise ValueError(
                 f"expected ts (m,), xs (m, {self.data_size}), mask (m,); got {ts.shape}, {xs.shape}, {mask.shape}"
@@ -331,7 +332,7 @@ class NeuralSDE(eqx.Module):
         regularizer: AbstractRegularizer | None = None,
         on_max_steps: Literal["raise", "flag"] = "raise",
         step: Int[Array, ""] | int | None = None,
-    ) -> ODEOutput:
+    ) -> ODEOutput[Array]:
         regularizer = NoRegularization() if regularizer is None else regularizer
         if isinstance(regularizer, HeuristicRegularization):
             if regularizer.local is not None or "stiffness" in regularizer.heuristics:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -56,7 +56,10 @@ __all__ = [
 ]
 
 
-class ODEOutput(eqx.Module):
+YT = TypeVar("YT")  # the type of ``ys`` (e.g. ``Array`` for an array ``y0``)
+
+
+class ODEOutput(eqx.Module, Generic[YT]):
     """What a regularized solve returns.
 
     - ``ys``: the solution at the requested times (each leaf ``(len(ts), *leaf.shape)``) or at ``t1`` (``y0``'s
@@ -68,7 +71,7 @@ class ODEOutput(eqx.Module):
     - ``stats``: :class:`SolveStats`.
     """
 
-    ys: PyTree[Array]
+    ys: YT
     penalty: Scalar
     error: Scalar
     stiffness: Scalar
@@ -392,7 +395,7 @@ def taylor_derivative(
 
 def regularized_solve(
     vector_field: Callable[[Scalar, PyTree[Array], Any], PyTree[Array]],
-    y0: PyTree[Array],
+    y0: YT,
     t0: float,
     t1: float,
     *,
@@ -402,7 +405,7 @@ def regularized_solve(
     regularizer: AbstractRegularizer | None = None,
     key: PRNGKeyArray | None = None,
     step: Int[Array, ""] | int | None = None,
-) -> ODEOutput:
+) -> ODEOutput[YT]:
     """Solve ``y' = f(t, y, args)`` from ``t0`` to ``t1`` (saving at ``ts`` if given, else at ``t1``) under
     ``regularizer`` and return an :class:`ODEOutput`.
 
