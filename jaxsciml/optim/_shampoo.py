@@ -111,6 +111,8 @@ class ShampooState(NamedTuple):
 
 FOUR_BIT_MODES = ("roots", "eigenvalue_tracking")
 
+PER_LEAF_FIELDS = ("stats", "roots", "eigvals", "eigvecs", "graft", "mu")
+
 PRECONDITIONER_FIELDS = {"ShampooState": ("stats", "roots", "eigvals", "eigvecs")}
 
 
@@ -572,6 +574,7 @@ def scale_by_shampoo(
     def update_fn(updates, state, params=None):
         del params
         C.check_params(updates, "scale_by_shampoo (updates)")
+        C.check_state("scale_by_shampoo", updates, state, ShampooState, init_fn, PER_LEAF_FIELDS)
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         plans = plans_of(leaves)
         finite = C.tree_all_finite(leaves)
