@@ -148,3 +148,45 @@ def check_params(tree, who: str) -> None:
                 f"{who}: parameter leaf {where} has dtype {dt} (shape {jnp.shape(x)}); only floating-point leaves can "
                 "be optimized (an update would be truncated). Exclude it, e.g. with optax.masked or optax.partition."
             )
+
+
+def _shapes(tree) -> list:
+    return [tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def check_state(who: str, updates, state, state_cls: type, init_fn, per_leaf: tuple[str, ...]) -> None:
+    """Trace-time check that ``state`` was made by this transformation's ``init`` for a tree like ``updates``.
+
+    Raises ``TypeError`` for a state of another class (e.g. a ``SoapState`` given to Shampoo's ``update``) and
+    ``ValueError`` when the number of leaves or any leaf's shapes differ from what ``init_fn(updates)`` would hold
+    (a gradient tree missing a leaf, a parameter whose shape changed since ``init``); the message names the leaf (its
+    path in ``updates``) and both shapes. Costs one ``jax.eval_shape`` of ``init_fn`` at trace time, nothing at run
+    time.
+    """
+    if not isinstance(state, state_cls):
+        raise TypeError(
+            f"{who}: expected the {state_cls.__name__} made by this transformation's init, got a "
+            f"{type(state).__name__}; was the state of another optimizer passed (e.g. a SoapState to shampoo, a "
+            "ShampooState to soap)?"
+        )
+    with_path = jax.tree_util.tree_leaves_with_path(updates)
+    names = [jax.tree_util.keystr(p) or "<root>" for p, _ in with_path]
+    expected = jax.eval_shape(init_fn, updates)
+    n_state = len(getattr(state, per_leaf[0]))
+    if n_state != len(names):
+        held = [_shapes(tuple(getattr(state, f)[i] for f in per_leaf)) for i in range(n_state)]
+        raise ValueError(
+            f"{who}: the updates (gradient tree) have {len(names)} leaves but the state was initialised for "
+            f"{n_state}; updates' leaves: "
+            + ", ".join(f"{n} {tuple(jnp.shape(x))}" for n, (_, x) in zip(names, with_path))
+            + f"; state arrays per leaf: {held}. Pass a gradient for every parameter given to init (same tree)."
+        )
+    for i, name in enumerate(names):
+        for f in per_leaf:
+            want, got = getattr(expected, f)[i], getattr(state, f)[i]
+            if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or _shapes(want) != _shapes(got):
+                raise ValueError(
+                    f"{who}: leaf {name} of the updates has shape {tuple(jnp.shape(with_path[i][1]))}, which needs "
+                    f"state field `{f}` of shapes {_shapes(want)}, but the state holds {_shapes(got)}: the parameter "
+                    "changed shape (or the leaves were reordered) since init; call init again for the new parameters."
+                )

@@ -68,6 +68,7 @@ STATIC_ARGS = (
     "mesh",
     "mesh_axis",
     "exponent_override",
+    "stagger_refresh",
 )
 """Arguments of :func:`shampoo` / :func:`scale_by_shampoo` that fix array shapes or code paths; pass them as
 ``optax.inject_hyperparams(shampoo, static_args=STATIC_ARGS)``."""
@@ -110,6 +111,8 @@ class ShampooState(NamedTuple):
 
 
 FOUR_BIT_MODES = ("roots", "eigenvalue_tracking")
+
+PER_LEAF_FIELDS = ("stats", "roots", "eigvals", "eigvecs", "graft", "mu")
 
 PRECONDITIONER_FIELDS = {"ShampooState": ("stats", "roots", "eigvals", "eigvecs")}
 
@@ -199,6 +202,32 @@ def _check_common(
     )
 
 
+def refresh_slots(plans: list[BlockPlan], every: int) -> list[dict[tuple[int, int], np.ndarray]]:
+    """Static assignment of every root (leaf ``li``, mode ``m``, block ``j``) to one of ``every`` refresh slots.
+
+    Used by ``stagger_refresh=True``: slot ``k`` is refreshed at the steps ``t > start`` with
+    ``(t - start) % every == k`` (and every root at ``t = start``), so each root is still recomputed every ``every``
+    steps, but at its own phase. Roots are dealt out largest first to the slot with the least work so far (cost
+    ``b^3`` for a ``b x b`` root; ties to the lowest slot), which balances the work per step.
+
+    Returns ``every`` dicts ``{(li, m): sorted block indices}`` (a slot may be empty when there are fewer roots than
+    slots).
+    """
+    items = []
+    for li, plan in enumerate(plans):
+        if plan.kind != "block":
+            continue
+        for m, b in enumerate(plan.block):
+            items += [(-(b**3), li, m, j) for j in range(plan.num_blocks)]
+    load = [0] * every
+    chosen: list[dict[tuple[int, int], list[int]]] = [{} for _ in range(every)]
+    for neg_cost, li, m, j in sorted(items):
+        k = min(range(every), key=lambda i: (load[i], i))
+        load[k] -= neg_cost
+        chosen[k].setdefault((li, m), []).append(j)
+    return [{key: np.asarray(sorted(v), np.int32) for key, v in sorted(c.items())} for c in chosen]
+
+
 def _normalized(f: Array, valid: np.ndarray) -> Array:
     """Scale a stack of PSD factors ``(nb, b, b)`` to mean eigenvalue one over the *real* (unpadded) rows of each
     block (``tr F = valid[n]``); zero factors become the identity on those rows. Zero padding of a block never enters:
@@ -248,6 +277,7 @@ def scale_by_shampoo(
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
     four_bit_mode: str = "roots",
+    stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     r"""Shampoo preconditioning (without learning rate), as an ``optax.GradientTransformation``.
 
@@ -298,6 +328,18 @@ def scale_by_shampoo(
       root is rebuilt from ``(lambda, V)`` every step. A different algorithm from fp32 Shampoo: updates differ from it
       by tens of percent per step.
 
+    **Staggered refresh** (``stagger_refresh=True``, the default since 2026-12): instead of recomputing every root
+    on one step in ``precondition_every``, which makes that step several times slower than the others (a latency
+    spike), the roots are dealt out to ``precondition_every`` slots of about equal work (:func:`refresh_slots`); step
+    ``t > start_preconditioning_step`` recomputes slot ``(t - start) % precondition_every`` only, through a
+    ``lax.switch`` whose branches each hold their own share (no step runs, or waits on, the others'
+    decompositions). Step ``start`` recomputes all roots once. Each root is still at most ``precondition_every``
+    steps old; the amortised work is the same. No effect with ``four_bit_mode="eigenvalue_tracking"`` (its
+    refresh also updates the statistics) or ``precondition_every=1``. ``stagger_refresh=False`` gives the
+    synchronised schedule of distributed_shampoo (needed for step-by-step agreement with it). Measured on the
+    ``char_lm`` transformer (``benchmarks/shampoo_refresh.py``): the refresh step's extra time is spread evenly,
+    equal final loss.
+
     **New Perspective** (Morwani et al. 2024): ``power_iterations = n > 1`` keeps ``n`` levels of statistics; level
     ``l`` accumulates ``G_(i) (G x_{j!=i} F_j)_(i)^T`` with the trace-normalised factors ``F_j`` of level ``l - 1``
     (level 0 is Shampoo's ``G G^T``), an online version of power iteration towards the best Kronecker approximation
@@ -341,6 +383,7 @@ def scale_by_shampoo(
         bjorck_iters: Björck steps after dequantization.
         newton_iters: maximal coupled-Newton iterations.
         mesh, mesh_axis: spread the batched root computations over this mesh axis (default: its first axis).
+        stagger_refresh: spread the root refreshes over the ``precondition_every`` steps (see **Staggered refresh**).
 
     Returns:
         An ``optax.GradientTransformation`` whose state is a :class:`ShampooState`.
@@ -377,7 +420,11 @@ def scale_by_shampoo(
     )
     C.positive_float("graft_epsilon", graft_epsilon)
     C.unit_interval("graft_beta2", graft_beta2, closed_low=False)
-    for name, flag in (("nesterov", nesterov), ("bias_correction", bias_correction)):
+    for name, flag in (
+        ("nesterov", nesterov),
+        ("bias_correction", bias_correction),
+        ("stagger_refresh", stagger_refresh),
+    ):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
     if mesh is not None and not isinstance(mesh, Mesh):
@@ -437,18 +484,24 @@ def scale_by_shampoo(
             z, z, z, z, tuple(stats), tuple(roots), tuple(eigvals), tuple(eigvecs), tuple(gacc), tuple(mus)
         )
 
-    def refresh_fp(stats, roots, plans):
-        """New roots for every block leaf (batched by shape and exponent) -> (roots, number of failed roots)."""
+    def refresh_fp(stats, roots, plans, sel=None):
+        """New roots (batched by shape and exponent) -> (roots, number of failed roots). ``sel`` (staggered refresh):
+        ``{(leaf, mode): block indices}`` to refresh, the other blocks keep their roots; ``None``: every block."""
         items, where = {}, {}
         for li, plan in enumerate(plans):
             if plan.kind != "block":
                 continue
             p = exponent_of(plan)
             for m in range(plan.order):
-                s = stats[li][-1][m]
+                idx = None if sel is None else sel.get((li, m))
+                if sel is not None and idx is None:
+                    continue
+                s, old = stats[li][-1][m], roots[li][m]
+                if idx is not None:
+                    s, old = s[idx], old[idx]
                 eps = jnp.full((s.shape[0],), epsilon, s.dtype)
-                items.setdefault(p, []).append((s, roots[li][m], eps))
-                where.setdefault(p, []).append((li, m))
+                items.setdefault(p, []).append((s, old, eps))
+                where.setdefault(p, []).append((li, m, idx))
         new = [list(r) for r in roots]
         failed = jnp.zeros((), jnp.int32)
         for p, its in items.items():
@@ -466,38 +519,52 @@ def scale_by_shampoo(
                     return safe_update(r, ok, old), ok
 
             outs = grouped_map(fn, its, mesh, mesh_axis)
-            for (li, m), (r, ok) in zip(where[p], outs):
-                new[li][m] = r
+            for (li, m, idx), (r, ok) in zip(where[p], outs):
+                new[li][m] = r if idx is None else new[li][m].at[idx].set(r)
                 failed = failed + jnp.sum(~ok).astype(jnp.int32)
         return tuple(tuple(r) for r in new), failed
 
-    def refresh_quant_roots(stats, eigvals, eigvecs, plans):
-        """4-bit roots: eigendecompose every statistic, keep the root's eigenvalues ``(w + eps w_max)^(-p)`` in full
-        precision and its eigenvectors in 4 bits -> (eigvals, eigvecs, eigenvectors to use now, number of failed
-        decompositions). The refresh step itself uses the exact eigenvectors (as fp32 Shampoo); later steps the 4-bit
-        ones."""
+    def refresh_quant_roots(stats, eigvals, eigvecs, plans, sel=None):
+        """4-bit roots: eigendecompose every statistic (or the blocks in ``sel``, see :func:`refresh_fp`), keep the
+        root's eigenvalues ``(w + eps w_max)^(-p)`` in full precision and its eigenvectors in 4 bits -> (eigvals,
+        eigvecs, eigenvectors to use now, number of failed decompositions). The refresh step itself uses the exact
+        eigenvectors (as fp32 Shampoo); later steps the 4-bit ones."""
         items, where = [], []
         for li, plan in enumerate(plans):
             if plan.kind != "block":
                 continue
             for m in range(plan.order):
-                eps = jnp.full((stats[li][-1][m].shape[0],), epsilon, stats[li][-1][m].dtype)
-                items.append((stats[li][-1][m], eps))
-                where.append((li, m, exponent_of(plan)))
+                idx = None if sel is None else sel.get((li, m))
+                if sel is not None and idx is None:
+                    continue
+                s = stats[li][-1][m] if idx is None else stats[li][-1][m][idx]
+                eps = jnp.full((s.shape[0],), epsilon, s.dtype)
+                items.append((s, eps))
+                where.append((li, m, exponent_of(plan), idx))
         lam_new = [list(x) for x in eigvals]
         q_new = [list(x) for x in eigvecs]
         v_now = [list(x) for x in rectified(eigvecs, eigvals, plans)]
         failed = jnp.zeros((), jnp.int32)
         outs = grouped_map(lambda a: eigh_psd(a, platform), [(a,) for a, _ in items], mesh, mesh_axis)
-        for (li, m, p), (_, eps), (w, q) in zip(where, items, outs):
+
+        def put(full, idx, new):
+            return new if idx is None else full.at[idx].set(new)
+
+        def take(full, idx):
+            return full if idx is None else full[idx]
+
+        for (li, m, p, idx), (_, eps), (w, q) in zip(where, items, outs):
             lmax = jnp.max(w, axis=-1)
             ok = jnp.isfinite(lmax) & (lmax > 0) & jnp.all(jnp.isfinite(q), axis=(-2, -1))
             inv = (w + (eps * jnp.where(ok, lmax, 1.0))[:, None]) ** (-p)
             ok = ok & jnp.all(jnp.isfinite(inv), axis=-1)
             qq, old = quantize(q, qbs), eigvecs[li][m]
-            lam_new[li][m] = safe_update(inv, ok, eigvals[li][m])
-            q_new[li][m] = QuantizedMatrix(safe_update(qq.codes, ok, old.codes), safe_update(qq.scales, ok, old.scales))
-            v_now[li][m] = safe_update(q, ok, v_now[li][m])
+            lam_new[li][m] = put(eigvals[li][m], idx, safe_update(inv, ok, take(eigvals[li][m], idx)))
+            q_new[li][m] = QuantizedMatrix(
+                put(old.codes, idx, safe_update(qq.codes, ok, take(old.codes, idx))),
+                put(old.scales, idx, safe_update(qq.scales, ok, take(old.scales, idx))),
+            )
+            v_now[li][m] = put(v_now[li][m], idx, safe_update(q, ok, take(v_now[li][m], idx)))
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
         return _tt(lam_new), _tt(q_new), _tt(v_now), failed
 
@@ -569,15 +636,30 @@ def scale_by_shampoo(
 
         return jax.lax.cond(do_refresh, refresh, track, None)
 
+    def scheduled(t, finite, plans, refresher, idle, operands):
+        """Run the root refresh due at step ``t``. Synchronised: every root when ``(t - start) % every == 0`` (one
+        ``lax.cond``). Staggered: ``lax.switch`` over ``every + 2`` branches -- idle, one per slot of
+        :func:`refresh_slots` (step ``t > start`` refreshes slot ``(t - start) % every``), and all roots (step
+        ``start``) -- so each step runs only its own share of the decompositions."""
+        if not stagger_refresh or precondition_every == 1:
+            do_refresh = finite & (t >= start) & ((t - start) % precondition_every == 0)
+            return jax.lax.cond(do_refresh, refresher(None), idle, *operands)
+        slots = refresh_slots(plans, precondition_every)
+        branches = [idle] + [refresher(sel) if sel else idle for sel in slots] + [refresher(None)]
+        phase = (t - start) % precondition_every
+        index = jnp.where(~finite | (t < start), 0, jnp.where(t == start, precondition_every + 1, phase + 1))
+        return jax.lax.switch(index, branches, *operands)
+
     def update_fn(updates, state, params=None):
         del params
         C.check_params(updates, "scale_by_shampoo (updates)")
+        C.check_state("scale_by_shampoo", updates, state, ShampooState, init_fn, PER_LEAF_FIELDS)
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         plans = plans_of(leaves)
         finite = C.tree_all_finite(leaves)
         t = state.count + 1
         coef = C.decay_coefficient(beta2)
-        do_refresh = finite & (t >= start) & ((t - start) % precondition_every == 0)
+        do_refresh = finite & (t >= start) & ((t - start) % precondition_every == 0)  # eigenvalue tracking
         gs = [jnp.where(finite, g, 0).astype(C.compute_dtype(g.dtype)) for g in leaves]
         xbs: list[Any] = [to_blocks(g, plan) if plan.kind == "block" else None for g, plan in zip(gs, plans)]
 
@@ -628,13 +710,13 @@ def scale_by_shampoo(
             nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(new_stats))
             if quant_roots:
                 new_roots = state.roots
-                new_vals, new_vecs, vs, failed = jax.lax.cond(
-                    do_refresh,
-                    lambda s, v, q: refresh_quant_roots(s, v, q, plans),
+                new_vals, new_vecs, vs, failed = scheduled(
+                    t,
+                    finite,
+                    plans,
+                    lambda sel: lambda s, v, q: refresh_quant_roots(s, v, q, plans, sel),
                     lambda s, v, q: (v, q, rectified(q, v, plans), zero),
-                    new_stats,
-                    state.eigvals,
-                    state.eigvecs,
+                    (new_stats, state.eigvals, state.eigvecs),
                 )
                 use_roots = [
                     tuple((v * inv[:, None, :]) @ jnp.swapaxes(v, -1, -2) for v, inv in zip(vs[li], new_vals[li]))
@@ -644,8 +726,13 @@ def scale_by_shampoo(
                 ]
             else:
                 new_vals, new_vecs = state.eigvals, state.eigvecs
-                new_roots, failed = jax.lax.cond(
-                    do_refresh, lambda s, r: refresh_fp(s, r, plans), lambda s, r: (r, zero), new_stats, state.roots
+                new_roots, failed = scheduled(
+                    t,
+                    finite,
+                    plans,
+                    lambda sel: lambda s, r: refresh_fp(s, r, plans, sel),
+                    lambda s, r: (r, zero),
+                    (new_stats, state.roots),
                 )
                 use_roots = new_roots
 
@@ -744,6 +831,7 @@ def shampoo(
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
     four_bit_mode: str = "roots",
+    stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     """Shampoo optimizer: :func:`scale_by_shampoo`, decoupled weight decay, then ``-learning_rate`` scaling.
 
@@ -779,6 +867,7 @@ def shampoo(
             mesh=mesh,
             mesh_axis=mesh_axis,
             four_bit_mode=four_bit_mode,
+            stagger_refresh=stagger_refresh,
         )
     ]
     if not C.is_static_zero(weight_decay):

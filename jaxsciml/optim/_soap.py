@@ -144,6 +144,7 @@ def scale_by_soap(
     def update_fn(updates, state, params=None):
         del params
         C.check_params(updates, "scale_by_soap (updates)")
+        C.check_state("scale_by_soap", updates, state, SoapState, init_fn, ("stats", "bases", "mu", "nu"))
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         plans = plans_of(leaves)
         finite = C.tree_all_finite(leaves)

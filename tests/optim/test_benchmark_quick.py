@@ -42,7 +42,14 @@ def test_peers_skip_with_reason_when_not_importable(monkeypatch):
     peers = sp.load_peers()
     assert set(peers) == {"distributed_shampoo", "psgd_kron"}
     assert all(isinstance(v, str) and "not usable" in v for v in peers.values())
-    assert list(sp.methods(peers)) == ["adamw", "muon", "shampoo", "shampoo_bias_corrected"]
+    assert list(sp.methods(peers)) == [
+        "adamw",
+        "muon",
+        "shampoo",
+        "shampoo_bias_corrected",
+        "shampoo_default",
+        "shampoo_default_bc",
+    ]
 
 
 def test_shampoo_peers_benchmark_quick(tmp_path):

@@ -128,7 +128,14 @@ def test_exponent_override_and_refresh_interval(x64):
     grads = make_grads((4, 3), steps=4)
     eps = 1e-4
     opt = scale_by_shampoo(
-        block_size=None, beta1=0.0, beta2=1.0, epsilon=eps, precondition_every=2, graft="none", exponent_override=0.5
+        block_size=None,
+        beta1=0.0,
+        beta2=1.0,
+        epsilon=eps,
+        precondition_every=2,
+        graft="none",
+        exponent_override=0.5,
+        stagger_refresh=False,
     )
     got = run_opt(opt, grads)
     L, R = np.zeros((4, 4)), np.zeros((3, 3))
