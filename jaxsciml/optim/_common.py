@@ -184,7 +184,7 @@ def check_state(who: str, updates, state, state_cls: type, init_fn, per_leaf: tu
     for i, name in enumerate(names):
         for f in per_leaf:
             want, got = getattr(expected, f)[i], getattr(state, f)[i]
-            if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or _shapes(want) != _shapes(got):
+            if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or _shapes(want) != _shapes(got):  # type: ignore[operator]  # no jaxlib stub for PyTreeDef
                 raise ValueError(
                     f"{who}: leaf {name} of the updates has shape {tuple(jnp.shape(with_path[i][1]))}, which needs "
                     f"state field `{f}` of shapes {_shapes(want)}, but the state holds {_shapes(got)}: the parameter "
