@@ -15,6 +15,8 @@ PUBLIC = {
         "LatentODE", "MLPVectorField", "NeuralODE", "NeuralSDE", "NoRegularization", "ODEClassifier", "ODEOutput",
         "RNODE", "STEER", "SolveStats", "SolverConfig", "TayNODE", "local_step_heuristics", "regularized_solve",
         "solve_with_heuristics", "solve_with_local_heuristics", "stiffness_stage_pair", "taylor_derivative",
+        "TargetCost",
+        "TargetCostState",
     ],
     "pde": [
         "AbstractBasis", "AbstractProblem", "Chebyshev", "FNO", "Fourier", "FourierLayer", "NSM", "NavierStokes2D",

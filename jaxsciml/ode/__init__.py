@@ -11,6 +11,8 @@
 - Regularizers in one API (:func:`regularized_solve`, :class:`ODEOutput`): subclasses of
   :class:`AbstractRegularizer` implementing ``solve``: :class:`NoRegularization`, :class:`HeuristicRegularization`
   (weights may be optax schedules), and the baselines :class:`RNODE`, :class:`TayNODE`, :class:`STEER`.
+- Ask for the cost: :class:`TargetCost` takes a target prediction NFE (or steps) per solve and adapts the weight of
+  the error heuristic during training by dual ascent on its logarithm (pure-functional state, optax-style).
 - Models: :class:`NeuralODE`, :class:`ODEClassifier`, :class:`LatentODE`, :class:`NeuralSDE`,
   :class:`MLPVectorField`; ``NeuralODE.batched``/``ODEClassifier.batched`` solve a minibatch with one shared step
   sequence or per example (``vmap``).
@@ -32,6 +34,7 @@ from ._regularizers import (
     taylor_derivative,
 )
 from ._solve import Heuristics, SolveStats, initial_step_size, solve_with_heuristics
+from ._target import TargetCost, TargetCostState
 
 __all__ = [
     "AbstractRegularizer",
@@ -50,6 +53,8 @@ __all__ = [
     "STEER",
     "SolveStats",
     "SolverConfig",
+    "TargetCost",
+    "TargetCostState",
     "TayNODE",
     "initial_step_size",
     "local_step_heuristics",

@@ -82,6 +82,13 @@ def stiffness_stage_pair(solver: dfx.AbstractSolver) -> tuple[int, int]:
     )
 
 
+def _all_finite(tree: PyTree[Array]) -> Array:
+    leaves = jtu.tree_leaves(tree)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def _tree_two_norm(x: PyTree[Array]) -> Scalar:
     return optx.two_norm(x)
 
@@ -193,11 +200,24 @@ class HeuristicSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         h = jnp.abs(t1 - t0)
         error = solver_state.error
         stiffness = solver_state.stiffness
+        # A failed step (an implicit solver's Newton iteration did not converge: diffrax sets its error estimate to
+        # inf; or the field returned NaN/inf) is always rejected, and diffrax discards this state with a `where`.
+        # Its increment is computed from finite stand-ins ("double where"): the discarded branch then has a zero
+        # cotangent times a finite derivative in the backward pass, not 0 * inf = NaN, which would reach the
+        # implicit stage solve's linear solve as a non-finite cotangent.
+        ok = dfx.is_okay(result) & _all_finite(y1) & _all_finite(y_error)
         if self.record_error:
-            error = error + self.local_error(y0, y1, y_error) * h
+            safe_y1 = jtu.tree_map(lambda a, b: jnp.where(ok, b, a), y0, y1)
+            safe_err = jtu.tree_map(lambda e: jnp.where(ok, e, jnp.zeros_like(e)), y_error)
+            inc = jnp.where(ok, self.local_error(y0, safe_y1, safe_err) * h, jnp.inf)
+            error = error + inc.astype(error.dtype)
         if self.record_stiffness:
             pair = stiffness_stage_pair(self.solver)
-            stiffness = stiffness + _stiffness_times_h(self.solver, pair, dense_info["k"]).astype(stiffness.dtype)
+            ks = dense_info["k"]
+            ok_k = ok & _all_finite(ks)
+            safe_ks = jtu.tree_map(lambda k: jnp.where(ok_k, k, jnp.zeros_like(k)), ks)
+            inc = jnp.where(ok_k, _stiffness_times_h(self.solver, pair, safe_ks), jnp.inf)
+            stiffness = stiffness + inc.astype(stiffness.dtype)
         error = error.astype(solver_state.error.dtype)
         probe_t, probe_h = solver_state.probe_t, solver_state.probe_h
         if self.probe_ts is not None:

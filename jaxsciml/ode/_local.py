@@ -48,7 +48,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar, ScalarLike
 
 from ._heuristics import HeuristicSolver, stiffness_stage_pair
-from ._solve import Heuristics, SolveStats, _solve, _with_controller_tols, as_terms, fevals_per_step
+from ._solve import Heuristics, SolveStats, _solve, _with_controller_tols, as_terms, check_ts, fevals_per_step
 
 __all__ = ["local_step_heuristics", "solve_with_local_heuristics"]
 
@@ -142,7 +142,7 @@ def solve_with_local_heuristics(
     sub = saveat.subs
     if not isinstance(sub, dfx.SubSaveAt) or sub.steps or saveat.dense or sub.fn is not dfx.SubSaveAt(t1=True).fn:
         raise ValueError("saveat must be a single SaveAt(t0=..., t1=..., ts=...) saving y for local regularization")
-    user_ts = jnp.zeros((0,), jnp.result_type(float)) if sub.ts is None else jnp.asarray(sub.ts)
+    user_ts = jnp.zeros((0,), jnp.result_type(float)) if sub.ts is None else check_ts(sub.ts, t0, t1, "saveat.ts")
     n_user = user_ts.shape[0]
     dtype = jnp.result_type(t0, t1, float)
     t0a, t1a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
@@ -156,7 +156,10 @@ def solve_with_local_heuristics(
         solve_saveat = dfx.SaveAt(t0=sub.t0, t1=sub.t1, ts=all_ts[order])
     else:
         if n_user == 0:
-            raise ValueError("strategy='biased' samples among the saved time points: pass saveat=SaveAt(ts=...)")
+            raise ValueError(
+                "strategy='biased' samples t* among the save times, and saveat has no ts: pass "
+                "saveat=SaveAt(ts=...) or use strategy='unbiased' (t* ~ U(t0, t1))"
+            )
         solve_saveat = saveat
         cand_t = jnp.concatenate([t0a[None], user_ts.astype(dtype)])
         valid = direction * (cand_t - t1a) < 0  # t0 and the saved ts strictly before t1

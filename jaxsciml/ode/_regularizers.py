@@ -40,7 +40,15 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._local import solve_with_local_heuristics
-from ._solve import Heuristics, SolveStats, check_tolerances, check_weight, solve_with_heuristics
+from ._solve import (
+    Heuristics,
+    SolveStats,
+    check_dt0,
+    check_tolerances,
+    check_weight,
+    is_imex,
+    solve_with_heuristics,
+)
 
 __all__ = [
     "AbstractRegularizer",
@@ -103,10 +111,18 @@ class SolverConfig(eqx.Module):
                 "diffrax.Tsit5, Dopri5, Dopri8, Bosh3, Heun, Kvaerno5 (or solve_with_heuristics with a fixed "
                 "controller for fixed-step solvers)"
             )
+        if is_imex(self.solver):
+            raise TypeError(
+                f"solver={type(self.solver).__name__} is an IMEX solver: it needs the field split in two terms, "
+                "diffrax.MultiTerm(ODETerm(explicit_part), ODETerm(implicit_part)), while SolverConfig (and the "
+                "models) solve one vector field. Use a fully implicit solver such as diffrax.Kvaerno5 here, or "
+                "jaxsciml.ode.solve_with_heuristics with the MultiTerm."
+            )
         if self.on_max_steps not in ("raise", "flag"):
             raise ValueError(f"on_max_steps must be 'raise' or 'flag', got {self.on_max_steps!r}")
         if not isinstance(self.max_steps, int) or self.max_steps <= 0:
             raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
+        check_dt0(self.dt0)
 
     @property
     def controller(self) -> dfx.PIDController:
@@ -226,8 +242,8 @@ class HeuristicRegularization(AbstractRegularizer):
       :func:`jaxsciml.ode.solve_with_local_heuristics` for what they estimate).
     """
 
-    error_weight: float | Callable = 0.0
-    stiffness_weight: float | Callable = 0.0
+    error_weight: float | Array | Callable = 0.0
+    stiffness_weight: float | Array | Callable = 0.0
     local: Literal["unbiased", "biased"] | None = eqx.field(static=True, default=None)
     num_samples: int = eqx.field(static=True, default=1)
 
@@ -259,6 +275,12 @@ class HeuristicRegularization(AbstractRegularizer):
         )
 
     def solve(self, vector_field, y0, t0, t1, *, ts, args, config, key, step):
+        if self.local == "biased" and ts is None:
+            raise ValueError(
+                "HeuristicRegularization(local='biased') samples t* among the save times ts, but this solve saves "
+                "only y(t1) (ts=None, e.g. ODEClassifier or a NeuralODE called without ts): use local='unbiased' "
+                "(t* ~ U(t0, t1)) or local=None, or pass ts= to the solve"
+            )
         lam_e, lam_s = self.weights(step)
         heur = self.heuristics
         if self.local is None:

@@ -23,6 +23,10 @@ __all__ = [
     "as_terms",
     "check_tolerances",
     "check_weight",
+    "check_dt0",
+    "check_imex_terms",
+    "check_order",
+    "check_ts",
     "fevals_per_step",
 ]
 
@@ -87,6 +91,80 @@ def check_weight(name: str, value: Any) -> None:
             raise ValueError(f"{name} must be a non-negative finite scalar, got {value!r}")
 
 
+def check_dt0(dt0: Any, t0: Any = None, t1: Any = None) -> None:
+    """Raise ``ValueError`` naming ``dt0`` if a concrete first step is zero, not finite, or points away from ``t1``
+    (diffrax would otherwise run to ``max_steps`` on a zero step)."""
+    if dt0 is None or not _is_concrete(dt0):
+        return
+    v = np.asarray(dt0)
+    if v.shape != () or not np.isfinite(v) or v == 0:
+        raise ValueError(
+            f"dt0 must be a non-zero finite scalar (the first step, signed like t1 - t0), or None for an automatic "
+            f"first step; got dt0={dt0!r}"
+        )
+    if t0 is not None and t1 is not None and _is_concrete(t0) and _is_concrete(t1):
+        span = float(np.asarray(t1)) - float(np.asarray(t0))
+        if span * float(v) < 0:
+            raise ValueError(f"dt0 must have the sign of t1 - t0 = {span}; got dt0={dt0!r}")
+
+
+def check_ts(ts: Any, t0: Any, t1: Any, name: str = "ts") -> Any:
+    """``ts`` (save times) must be a 1-d array ordered in the direction of integration (non-decreasing for ``t1 > t0``,
+    non-increasing for ``t1 < t0``) inside ``[t0, t1]``: ``ValueError`` naming it when concrete, else ``eqx.error_if``
+    at run time. Returns ``ts`` (carrying the run-time check when traced)."""
+    if ts is None:
+        return ts
+    if jnp.ndim(ts) != 1:
+        raise ValueError(f"{name} must be a 1-d array of save times, got shape {jnp.shape(ts)}")
+    if _is_concrete(ts) and _is_concrete(t0) and _is_concrete(t1):
+        v = np.asarray(ts, dtype=float)
+        a, b = float(np.asarray(t0)), float(np.asarray(t1))
+        sign = 1.0 if b >= a else -1.0
+        if np.any(sign * np.diff(v) < 0):
+            order = "non-decreasing" if sign > 0 else "non-increasing (t1 < t0: backward time)"
+            raise ValueError(f"{name} must be {order} in the direction of integration, got {name}={v.tolist()}")
+        lo, hi = min(a, b), max(a, b)
+        if v.size and (v.min() < lo or v.max() > hi):
+            raise ValueError(f"{name} must lie in [t0, t1] = [{a}, {b}], got values from {v.min()} to {v.max()}")
+        return ts
+    ts = jnp.asarray(ts)
+    direction = jnp.where(jnp.asarray(t1) >= jnp.asarray(t0), 1.0, -1.0)
+    bad = jnp.any(direction * jnp.diff(ts) < 0) if ts.shape[0] > 1 else jnp.array(False)
+    return eqx.error_if(ts, bad, f"{name} must be ordered in the direction of integration (sorted, t0 -> t1)")
+
+
+def check_order(order: Any) -> int:
+    """``order`` of a solver (local error ``O(h^(order + 1))``) must be a positive int."""
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise ValueError(
+            f"order must be a positive int, the solver's order p (local error O(h^(p+1)), e.g. 5 for Tsit5), "
+            f"got order={order!r}"
+        )
+    return int(order)
+
+
+def is_imex(solver: Any) -> bool:
+    """Whether ``solver`` (or the solver a :class:`HeuristicSolver` wraps) takes a pair of terms (IMEX: ``KenCarp``,
+    ``Sil3``), i.e. ``MultiTerm(ODETerm(explicit), ODETerm(implicit))``."""
+    inner = solver.solver if isinstance(solver, HeuristicSolver) else solver
+    return isinstance(getattr(inner, "tableau", None), dfx.MultiButcherTableau)
+
+
+def check_imex_terms(solver: Any, terms: Any) -> None:
+    """An IMEX solver needs ``MultiTerm(ODETerm(explicit), ODETerm(implicit))``: ``TypeError`` saying so otherwise."""
+    if not is_imex(solver):
+        return
+    if isinstance(terms, dfx.MultiTerm) and len(terms.terms) == 2:
+        return
+    inner = solver.solver if isinstance(solver, HeuristicSolver) else solver
+    raise TypeError(
+        f"solver={type(inner).__name__} is an IMEX solver: it needs terms=diffrax.MultiTerm(diffrax.ODETerm("
+        f"explicit_part), diffrax.ODETerm(implicit_part)) (the field split as f = explicit_part + implicit_part), "
+        f"got {type(terms).__name__}. For a single field (e.g. a neural ODE model) use a fully implicit solver such "
+        "as diffrax.Kvaerno5."
+    )
+
+
 def as_terms(vector_field_or_terms: Any) -> PyTree[dfx.AbstractTerm]:
     """A callable ``f(t, y, args)`` becomes ``diffrax.ODETerm(f)``; terms pass through."""
     if isinstance(vector_field_or_terms, dfx.AbstractTerm):
@@ -113,10 +191,25 @@ def _check_shapes(terms: Any, t0: Any, y0: Any, args: Any) -> None:
     s_out, s_y = jtu.tree_structure(out), jtu.tree_structure(y0)
     shapes_out = [tuple(x.shape) for x in jtu.tree_leaves(out)]
     shapes_y = [tuple(jnp.shape(x)) for x in jtu.tree_leaves(y0)]
-    if s_out != s_y or shapes_out != shapes_y:  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
+    if s_out != s_y:  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         raise ValueError(
-            f"y0 and the vector field do not match: y0 has shapes {shapes_y}, f(t0, y0, args) returns {shapes_out}"
+            "y0 and the vector field do not match: f(t0, y0, args) must return a PyTree with y0's structure; "
+            f"y0 has leaves {_paths_and_shapes(y0)}, f returns {_paths_and_shapes(out)}"
         )
+    if shapes_out != shapes_y:
+        raise ValueError(
+            f"y0 and the vector field do not match: y0 has shapes {_paths_and_shapes(y0)}, f(t0, y0, args) returns "
+            f"{_paths_and_shapes(out)}"
+        )
+
+
+def _paths_and_shapes(tree: Any) -> str:
+    """``{path: shape}`` of every leaf (``y`` itself for a single array), e.g. ``{['a']: (2,), ['b']: (2,)}``."""
+    leaves = jtu.tree_flatten_with_path(tree)[0]
+    if len(leaves) == 1 and not leaves[0][0]:
+        return str(tuple(jnp.shape(leaves[0][1])))
+    items = ", ".join(f"{jtu.keystr(p)}: {tuple(jnp.shape(x))}" for p, x in leaves)
+    return f"{type(tree).__name__} {{{items}}}"
 
 
 def _shapes(tree: Any) -> list:
@@ -185,6 +278,8 @@ def initial_step_size(
     ``h = min(100 h0, h1, |t1 - t0|)``. ``order`` is the order ``p`` of the solver (local error ``O(h^(p+1))``).
     In backward time (``t1 < t0``) this is the step of the mirrored problem ``z'(s) = -f(-s, z)``, negated.
     """
+    order = check_order(order)
+    check_tolerances(rtol, atol)
     if norm is None:
         norm = _default_norm()
     y0 = jax.lax.stop_gradient(y0)
@@ -381,6 +476,10 @@ def _solve(
         )
     if "stiffness" in heuristics:
         stiffness_stage_pair(solver)
+    check_imex_terms(solver, terms)
+    check_dt0(dt0, t0, t1)
+    if saveat is not None and isinstance(saveat.subs, dfx.SubSaveAt) and saveat.subs.ts is not None:
+        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, check_ts(saveat.subs.ts, t0, t1, "saveat.ts"))
     if on_max_steps not in ("raise", "flag"):
         raise ValueError(f"on_max_steps must be 'raise' or 'flag', got {on_max_steps!r}")
     if not isinstance(max_steps, int) or max_steps <= 0:

@@ -280,6 +280,34 @@ class TestBadInput:
         with pytest.raises(ValueError, match="y0"):
             solve_with_heuristics(lambda t, y, a: jnp.ones(3), dfx.Tsit5(), 0.0, 1.0, jnp.ones(2))
 
+    def test_mismatched_pytree_keys_are_named(self):
+        y0 = {"a": jnp.ones(2), "b": jnp.ones(2)}
+        with pytest.raises(ValueError, match=r"y0's structure.*\['b'\].*\['c'\]"):
+            solve_with_heuristics(lambda t, y, a: {"a": y["a"], "c": y["b"]}, dfx.Tsit5(), 0.0, 1.0, y0)
+
+    @pytest.mark.parametrize("dt0, match", [(0.0, "dt0 must be a non-zero"), (-0.1, "dt0 must have the sign")])
+    def test_bad_dt0_fails_before_the_solve(self, dt0, match):
+        with pytest.raises(ValueError, match=match):  # was: runs to max_steps, "maximum number of solver steps"
+            solve_with_heuristics(self.f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), dt0=dt0)
+
+    def test_imex_solver_needs_multiterm(self):
+        with pytest.raises(TypeError, match=r"KenCarp4 is an IMEX solver.*MultiTerm"):
+            solve_with_heuristics(self.f, dfx.KenCarp4(), 0.0, 1.0, jnp.ones(2), heuristics=("error",))
+
+    @pytest.mark.parametrize("order", [-1, 0, 2.5])
+    def test_initial_step_order(self, order):
+        with pytest.raises(ValueError, match="order must be a positive int"):
+            initial_step_size(self.f, 0.0, 1.0, jnp.ones(2), None, order=order, rtol=1e-3, atol=1e-6)
+
+    def test_unsorted_or_outside_ts(self):
+        for ts, match in (([0.5, 0.2], "non-decreasing"), ([0.2, 1.5], r"lie in \[t0, t1\]")):
+            with pytest.raises(ValueError, match=match):
+                solve_with_heuristics(self.f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), saveat=dfx.SaveAt(ts=jnp.array(ts)))
+        with pytest.raises(ValueError, match="non-increasing"):  # backward time: ts run from t0 down to t1
+            solve_with_heuristics(
+                self.f, dfx.Tsit5(), 1.0, 0.0, jnp.ones(2), saveat=dfx.SaveAt(ts=jnp.array([0.2, 0.8]))
+            )
+
     def test_unknown_heuristic_and_stiffness_on_bosh3(self):
         with pytest.raises(ValueError, match="heuristics"):
             solve_with_heuristics(self.f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), heuristics=("energy",))

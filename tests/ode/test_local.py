@@ -109,8 +109,20 @@ def test_bad_input():
     k = jax.random.key(0)
     with pytest.raises(ValueError, match="strategy"):
         solve_with_local_heuristics(f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), key=k, strategy="random")
-    with pytest.raises(ValueError, match="ts"):
+    with pytest.raises(ValueError, match="saveat=SaveAt.ts=.... or use strategy='unbiased'"):
         solve_with_local_heuristics(f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), key=k, strategy="biased")
+    for strategy in (
+        "unbiased",
+        "biased",
+    ):  # unsorted save times are rejected by both strategies (were accepted by one)
+        with pytest.raises(ValueError, match="saveat.ts must be non-decreasing"):
+            bad = dfx.SaveAt(ts=jnp.array([0.5, 0.2]))
+            solve_with_local_heuristics(f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), key=k, strategy=strategy, saveat=bad)
+    with pytest.raises(Exception, match="saveat.ts must be ordered"):  # traced ts: checked at run time
+        run = lambda ts: solve_with_local_heuristics(
+            f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), key=k, saveat=dfx.SaveAt(ts=ts)
+        )
+        jax.block_until_ready(eqx.filter_jit(run)(jnp.array([0.5, 0.2]))[0].ys)
     with pytest.raises(ValueError, match="num_samples"):
         solve_with_local_heuristics(f, dfx.Tsit5(), 0.0, 1.0, jnp.ones(2), key=k, num_samples=0)
     with pytest.raises(ValueError, match="Bosh3"):

@@ -152,6 +152,13 @@ def test_bad_input():
         node(jnp.ones(2), regularizer=RNODE())
     flag = NeuralODE(lambda t, y, a: -1e4 * y, config=SolverConfig(max_steps=4, on_max_steps="flag"))
     assert bool(flag(jnp.ones(2)).stats.hit_max_steps)
+    # issue 21's cryptic cases, now errors that name the argument
+    with pytest.raises(ValueError, match="dt0 must be a non-zero"):
+        SolverConfig(dt0=0.0)
+    with pytest.raises(TypeError, match="KenCarp4 is an IMEX solver.*Kvaerno5"):
+        SolverConfig(solver=dfx.KenCarp4())
+    with pytest.raises(ValueError, match="local='biased'.*ts=None.*local='unbiased'"):
+        node(jnp.ones(2), regularizer=HeuristicRegularization(1.0, local="biased"), key=jax.random.key(0))
 
 
 def _sde(scale_noise=0.05):
