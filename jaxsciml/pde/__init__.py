@@ -13,6 +13,9 @@ Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-l
   :class:`Dirichlet`, :class:`Neumann`, :class:`PeriodicGauge`; optional reference).
 - Models: :class:`NSM` (coefficient space) and :class:`FNO` (grid), trained by :func:`train_operator` with
   :func:`nsm_loss` (spectral) or :func:`fno_loss` (finite-difference PINN).
+- The NSM paper's other baselines: :class:`SNO` (coefficients in and out, activations on coefficients, dense
+  mode-mixing kernel; :func:`nsm_loss`), :class:`T1` ("Transform Once": every layer in the frequency domain;
+  :func:`fno_loss`) and :class:`CNO` (an FNO with the Chebyshev transform on non-periodic axes; :func:`fno_loss`).
 
 Example (periodic Poisson, ``-Laplace(u) = f``)::
 
@@ -24,6 +27,7 @@ Example (periodic Poisson, ``-Laplace(u) = f``)::
 """
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
+from ._cno import CNO, ChebyshevFourierLayer
 from ._custom import (
     AbstractConstraint,
     Dirichlet,
@@ -41,6 +45,8 @@ from ._problem import AbstractProblem
 from ._random import gaussian_random_field, grf_spectrum, periodic_kernel_spectrum
 from ._reaction_diffusion import ReactionDiffusion, etdrk4_coefficients, solve_reaction_diffusion
 from ._residual import derivative, laplacian, pointwise, product, relative_l2, spectral_loss, squared_norm
+from ._sno import SNO, SNO_OUTPUT_SCALE
+from ._t1 import T1, T1Layer
 from ._tensor import TensorBasis, as_tensor_basis
 from ._training import (
     default_optimizer,
@@ -53,6 +59,12 @@ from ._training import (
 )
 
 __all__ = [
+    "CNO",
+    "ChebyshevFourierLayer",
+    "SNO",
+    "SNO_OUTPUT_SCALE",
+    "T1",
+    "T1Layer",
     "OUTPUT_SCALE",
     "time_coordinate",
     "initial_value",
