@@ -19,6 +19,7 @@ axes the degrees ``0..m-1``. Complex when there is a periodic axis, real otherwi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def periodic_axes(axes: TensorBasis | Sequence[str], name: str = "axes") -> tupl
 def modes_tuple(modes: int | Sequence[int], ndim: int, name: str = "modes") -> tuple[int, ...]:
     if isinstance(modes, int | np.integer) and not isinstance(modes, bool):
         modes = (int(modes),) * ndim
-    modes = tuple(modes)
+    modes = tuple(cast(Sequence[int], modes))  # an int was expanded above
     if len(modes) != ndim or any(isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1 for m in modes):
         raise ValueError(f"`{name}` must be a positive int or {ndim} positive ints, got {modes!r}")
     return tuple(int(m) for m in modes)
