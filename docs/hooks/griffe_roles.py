@@ -1,0 +1,41 @@
+"""Griffe extension for the docs build: turns the Sphinx roles used in jaxsciml's docstrings into links.
+
+``:func:`shampoo``` (also ``:class:``, ``:meth:``, ``:attr:``, ``:mod:``, ``:data:``, ``:obj:``, with an optional
+``~`` prefix) becomes an *optional* mkdocs-autorefs cross-reference to ``jaxsciml.<subpackage>.shampoo``: a link
+where that object is rendered on an API page, plain code otherwise (e.g. private modules), never a broken link.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj|exc):`(~?)([^`]+)`")
+
+
+def _identifier(target: str, path: str) -> str:
+    if target.startswith("jaxsciml.") or target == "jaxsciml":
+        return target
+    parts = path.split(".")
+    package = ".".join(parts[:2]) if len(parts) > 1 else parts[0]
+    return f"{package}.{target}"
+
+
+def convert(text: str, path: str) -> str:
+    """Replace the roles in docstring ``text`` of the object at ``path``; other text is kept as is."""
+
+    def sub(m: re.Match) -> str:
+        tilde, target = m.group(1), m.group(2).strip()
+        shown = target.rsplit(".", 1)[-1] if tilde else target
+        ident = _identifier(target, path)
+        return f'<autoref identifier="{ident}" optional><code>{shown}</code></autoref>'
+
+    return _ROLE.sub(sub, text)
+
+
+class SphinxRoles(griffe.Extension):
+    def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None and ":" in obj.docstring.value:
+            obj.docstring.value = convert(obj.docstring.value, obj.path)
