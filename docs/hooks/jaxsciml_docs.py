@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -46,11 +48,18 @@ def results_names() -> list[str]:
 
 
 def on_config(config):
+    jupyter = config["plugins"].get("mkdocs-jupyter")
+    if jupyter is not None and jupyter.config["execute"]:
+        # Executed notebooks: figures inline (not a non-interactive backend such as CI's Agg), files they save into
+        # a temporary folder rather than the checkout.
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        os.environ.setdefault("JAXSCIML_FIGURES", tempfile.mkdtemp(prefix="jaxsciml-docs-figures-"))
     nav = config.get("nav") or []
     for i, item in enumerate(nav):
         if isinstance(item, dict) and item.get("Results") == "results/index.md":
             pages = [{"Overview": "results/index.md"}]
-            pages += [{("all tables (SUMMARY.md)" if n == "SUMMARY" else n): f"results/{n}.md"} for n in results_names()]
+            for n in results_names():
+                pages.append({("all tables (SUMMARY.md)" if n == "SUMMARY" else n): f"results/{n}.md"})
             nav[i] = {"Results": pages}
     return config
 
