@@ -3,6 +3,8 @@
 ``:func:`shampoo``` (also ``:class:``, ``:meth:``, ``:attr:``, ``:mod:``, ``:data:``, ``:obj:``, with an optional
 ``~`` prefix) becomes an *optional* mkdocs-autorefs cross-reference to ``jaxsciml.<subpackage>.shampoo``: a link
 where that object is rendered on an API page, plain code otherwise (e.g. private modules), never a broken link.
+A reST literal-block marker (a line ending in ``::``) becomes a single colon; the indented block that follows is a
+Markdown code block already.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj|exc):`(~?)([^`]+)`")
+_LITERAL = re.compile(r"(\S)::[ \t]*$", flags=re.M)  # reST "Example::" before an indented block
 
 
 def _identifier(target: str, path: str) -> str:
@@ -32,10 +35,10 @@ def convert(text: str, path: str) -> str:
         ident = _identifier(target, path)
         return f'<autoref identifier="{ident}" optional><code>{shown}</code></autoref>'
 
-    return _ROLE.sub(sub, text)
+    return _LITERAL.sub(r"\1:", _ROLE.sub(sub, text))
 
 
 class SphinxRoles(griffe.Extension):
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is not None and ":" in obj.docstring.value:
+        if obj.docstring is not None and ":" in obj.docstring.value:  # roles and "::" both contain a colon
             obj.docstring.value = convert(obj.docstring.value, obj.path)
