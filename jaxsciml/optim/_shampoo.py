@@ -370,7 +370,8 @@ def scale_by_shampoo(
         start_preconditioning_step: first step (1-based) that uses Shampoo directions.
         root_method: ``"eigh"`` or ``"newton"`` (coupled Newton, ``1/p`` must be an integer).
         graft: ``"none"``, ``"sgd"``, ``"adagrad"``, ``"rmsprop"`` or ``"adam"``.
-        graft_beta2, graft_epsilon: decay and epsilon of the graft / diagonal method.
+        graft_beta2: decay of the graft / diagonal method.
+        graft_epsilon: epsilon of the graft / diagonal method.
         nesterov: Nesterov momentum.
         bias_correction: divide the momentum by ``1 - beta1^t`` (Adam's correction); default ``False``: the plain
             EMA, as distributed_shampoo.
@@ -382,7 +383,8 @@ def scale_by_shampoo(
         quant_block_size: quantization chunk length along each eigenvector.
         bjorck_iters: Björck steps after dequantization.
         newton_iters: maximal coupled-Newton iterations.
-        mesh, mesh_axis: spread the batched root computations over this mesh axis (default: its first axis).
+        mesh: spread the batched root computations over the devices of this mesh ...
+        mesh_axis: ... along this axis (default: its first axis).
         stagger_refresh: spread the root refreshes over the ``precondition_every`` steps (see **Staggered refresh**).
 
     Returns:

@@ -74,13 +74,17 @@ def scale_by_soap(
     """SOAP / eigenvalue-corrected Shampoo preconditioning (no learning rate); see the module docstring.
 
     Args:
-        block_size, merge_small_dims, max_preconditioner_dim: blocking, as in :func:`scale_by_shampoo`.
-        beta1, beta2: Adam's moment decays (in the eigenbasis).
+        block_size: blocking, as in :func:`scale_by_shampoo`.
+        merge_small_dims: blocking, as in :func:`scale_by_shampoo`.
+        max_preconditioner_dim: blocking, as in :func:`scale_by_shampoo`.
+        beta1: Adam's first-moment decay (in the eigenbasis).
+        beta2: Adam's second-moment decay (in the eigenbasis).
         shampoo_beta2: decay of the Kronecker statistics (default ``beta2``; ``1`` gives the AdaGrad sum).
         epsilon: Adam's epsilon.
         precondition_every: eigenbasis refresh interval; bases are computed at step 1 and every
             ``precondition_every`` steps after.
-        mesh, mesh_axis: spread the batched eigendecompositions over this mesh axis.
+        mesh: spread the batched eigendecompositions over the devices of this mesh ...
+        mesh_axis: ... along this axis.
 
     Non-finite gradients skip the step (state unchanged, ``skipped`` incremented, zero update). ``root_fallbacks``
     counts eigenbases whose refresh failed (non-finite statistic or result: the old basis is kept) and

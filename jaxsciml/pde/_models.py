@@ -93,7 +93,8 @@ class SpectralLayer(eqx.Module):
     On a periodic axis with ``modes = m`` the frequencies ``0..m // 2`` get weights (``2 (m // 2) + 1`` indices).
 
     Arguments:
-        width_in, width_out: channels in and out.
+        width_in: channels in.
+        width_out: channels out.
         modes: per-axis number of coefficient indices with per-mode weights.
         key: PRNG key.
         dtype: real parameter dtype (default: JAX's default float).
@@ -198,7 +199,8 @@ class NSM(eqx.Module):
 
     Arguments:
         basis: the coefficient basis of input and output.
-        in_channels, out_channels: channel counts.
+        in_channels: input channel count.
+        out_channels: output channel count.
         width: hidden channels (paper: 64).
         depth: number of spectral layers (paper: 4).
         modes: per-axis number of coefficient indices with per-mode weights (default: all).
