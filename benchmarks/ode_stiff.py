@@ -140,7 +140,9 @@ def main(argv=None) -> dict:
     test = _data(cfg, cfg["n_test"], jax.random.key(2))
     solvers = {
         "Kvaerno5 (diffrax default root finder)": dfx.Kvaerno5(),
-        "Kvaerno5 + Newton (rtol 1e-6, atol 1e-8)": dfx.Kvaerno5(root_finder=optx.Newton(rtol=1e-6, atol=1e-8)),
+        "Kvaerno5 + Newton (controller's rtol, atol)": dfx.Kvaerno5(
+            root_finder=optx.Newton(rtol=cfg["rtol"], atol=cfg["atol"])
+        ),
     }
     if args.default_root_finder_only:
         solvers = dict(list(solvers.items())[:1])
