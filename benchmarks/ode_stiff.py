@@ -128,15 +128,24 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke size")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
+    parser.add_argument("--weights", default=None, help="comma-separated lam_E values (besides 0)")
+    parser.add_argument("--default-root-finder-only", action="store_true", help="skip the Newton root-finder rows")
+    parser.add_argument("--name", default=NAME, help="results file name")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS["quick" if args.quick else "default"])
+    if args.weights:
+        cfg["weights"] = tuple(float(w) for w in args.weights.split(","))
     progress = (lambda s: None) if args.quick else (lambda s: print(s, flush=True))
     train = _data(cfg, cfg["n_train"], jax.random.key(1))
     test = _data(cfg, cfg["n_test"], jax.random.key(2))
     solvers = {
         "Kvaerno5 (diffrax default root finder)": dfx.Kvaerno5(),
-        "Kvaerno5 + Newton (rtol 1e-6, atol 1e-8)": dfx.Kvaerno5(root_finder=optx.Newton(rtol=1e-6, atol=1e-8)),
+        "Kvaerno5 + Newton (controller's rtol, atol)": dfx.Kvaerno5(
+            root_finder=optx.Newton(rtol=cfg["rtol"], atol=cfg["atol"])
+        ),
     }
+    if args.default_root_finder_only:
+        solvers = dict(list(solvers.items())[:1])
     rows = []
     for sname, solver in solvers.items():
         base = None
@@ -161,7 +170,7 @@ def main(argv=None) -> dict:
         f"rtol={cfg['rtol']}, atol={cfg['atol']}, automatic first step. Steps are per solve, mean over the test set "
         "(prediction: unregularized solve). One seed; shared 2-core machine (load in each row)."
     )
-    return write_results(NAME, {"stiff neural ODE, Kvaerno5": rows}, out_dir=args.out, notes=notes, config=cfg)
+    return write_results(args.name, {"stiff neural ODE, Kvaerno5": rows}, out_dir=args.out, notes=notes, config=cfg)
 
 
 if __name__ == "__main__":

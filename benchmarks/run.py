@@ -30,7 +30,16 @@ if str(ROOT) not in sys.path:
 
 from benchmarks._common import RESULTS_DIR, machine_info, markdown_table, render_markdown  # noqa: E402
 
-BENCHMARKS = ("ode_regularization", "nsm", "shampoo", "shampoo_peers", "shampoo_scale", "train_loop")
+BENCHMARKS = (
+    "ode_regularization",
+    "ode_target_cost",
+    "ode_stiff",
+    "nsm",
+    "shampoo",
+    "shampoo_peers",
+    "shampoo_scale",
+    "train_loop",
+)
 # Off by default: runs the authors' NSM code from an external checkout in its own environment.
 EXTERNAL = ("nsm_authors",)
 

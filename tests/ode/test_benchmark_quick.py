@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from benchmarks.ode_regularization import main
 
 
@@ -25,3 +27,22 @@ def test_quick_benchmark(tmp_path):
         assert abs(r["shared_acc_%"] - r["vmap_acc_%"]) <= 5.0  # the same ODE at the same tolerances
     over = tables["heuristic recording overhead (forward+backward)"]
     assert len(over) == 3 and all(0.3 < r["ratio_min"] < 3.0 for r in over)
+
+
+@pytest.mark.slow  # ~1-2 min of compilation (three digits trainings)
+def test_quick_target_cost_benchmark(tmp_path):
+    from benchmarks.ode_target_cost import main as target_main
+
+    payload = target_main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "ode_target_cost.md").exists()
+    rows = payload["tables"]["TargetCost at 0.3/0.5/0.7x the unregularized NFE"]
+    assert len(rows) == 1 and rows[0]["target_x_unreg"] == 0.5 and rows[0]["final_lam_E"] > 0
+
+
+@pytest.mark.slow  # ~1-2 min of compilation (implicit solves)
+def test_quick_stiff_benchmark(tmp_path):
+    from benchmarks.ode_stiff import main as stiff_main
+
+    payload = stiff_main(["--quick", "--out", str(tmp_path)])
+    rows = payload["tables"]["stiff neural ODE, Kvaerno5"]
+    assert len(rows) == 4 and all(r["accepted_steps"] >= 1 and math.isfinite(r["test_mse"]) for r in rows)
