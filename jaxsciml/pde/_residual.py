@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from ._basis import AbstractBasis
@@ -36,25 +39,52 @@ __all__ = [
 Basis = AbstractBasis | TensorBasis
 
 
+def _basis_arg(basis: Basis, fn: str, *coeffs: tuple[str, object]) -> TensorBasis:
+    """``basis`` as a :class:`TensorBasis`, after checking that no coefficient argument is a basis (arguments passed
+    in the wrong order) -- a clear ``TypeError`` naming the argument, instead of JAX's "not a valid JAX array type"."""
+    for name, value in coeffs:
+        if isinstance(value, AbstractBasis | TensorBasis):
+            raise TypeError(
+                f"{fn}: `{name}` must be a coefficient array, got a {type(value).__name__} (the basis is passed as "
+                f"`basis`; check the argument order)"
+            )
+    return as_tensor_basis(basis)
+
+
+def _static_int(value: object, name: str) -> int:
+    """A Python integer argument that selects an operator (``order``, ``axis``): JAX arrays are refused by name, since a
+    traced value cannot choose a matrix at trace time."""
+    if isinstance(value, jax.Array):
+        raise TypeError(
+            f"`{name}` must be a Python int (it selects the operator at trace time), got a JAX array "
+            f"{getattr(value, 'aval', value)}; pass int({name}) outside of jit, or mark it static"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be a Python int, got {value!r}")
+    return int(value)
+
+
 def derivative(coeffs: ArrayLike, basis: Basis, axis: int = 0, order: int = 1) -> Array:
-    """Exact ``d^order u / dx_axis^order`` (linear map on coefficients)."""
-    return as_tensor_basis(basis).derivative(coeffs, axis, order)
+    """Exact ``d^order u / dx_axis^order`` (linear map on coefficients); ``axis`` and ``order`` are Python ints."""
+    tb = _basis_arg(basis, "derivative", ("coeffs", coeffs))
+    return tb.derivative(coeffs, _static_int(axis, "axis"), _static_int(order, "order"))
 
 
 def laplacian(coeffs: ArrayLike, basis: Basis, axes: tuple[int, ...] | None = None) -> Array:
     """Exact Laplacian over ``axes`` (default all axes)."""
-    return as_tensor_basis(basis).laplacian(coeffs, axes)
+    return _basis_arg(basis, "laplacian", ("coeffs", coeffs)).laplacian(coeffs, axes)
 
 
 def product(a: ArrayLike, b: ArrayLike, basis: Basis) -> Array:
     """Dealiased product ``a * b`` (3/2-rule padded collocation grid; exact on the retained modes)."""
-    return as_tensor_basis(basis).product(a, b)
+    return _basis_arg(basis, "product", ("a", a), ("b", b)).product(a, b)
 
 
 def pointwise(fn: Callable[..., Array], basis: Basis, *coeffs: ArrayLike, dealias: bool = True) -> Array:
     """Coefficients of ``fn(u_1, ...)`` applied pointwise on collocation points (padded by the 3/2 rule if
     ``dealias``) and transformed back."""
-    return as_tensor_basis(basis).apply(fn, *coeffs, shape="dealias" if dealias else None)
+    tb = _basis_arg(basis, "pointwise", *((f"coeffs[{i}]", c) for i, c in enumerate(coeffs)))
+    return tb.apply(fn, *coeffs, shape="dealias" if dealias else None)
 
 
 def squared_norm(coeffs: ArrayLike, basis: Basis) -> Array:
@@ -64,17 +94,22 @@ def squared_norm(coeffs: ArrayLike, basis: Basis) -> Array:
     matrix ``G_jk = int T_j T_k dx`` of the Lebesgue measure (Legendre weight, *not* the Chebyshev weight
     ``1/sqrt(1-s^2)``). Tensor products: ``c^T (G_1 x ... x G_d) c``.
     """
-    return as_tensor_basis(basis).squared_norm(coeffs)
+    return _basis_arg(basis, "squared_norm", ("coeffs", coeffs)).squared_norm(coeffs)
 
 
 def spectral_loss(residual_coeffs: ArrayLike, basis: Basis) -> Array:
     """Mean over leading (batch) axes of the exact squared L2 norm ``int R^2 dx`` of the residual (see
     :func:`squared_norm`); a scalar. This is the Neural Spectral Methods loss (Du et al., ICLR 2024, sec. 3)."""
+    _basis_arg(basis, "spectral_loss", ("residual_coeffs", residual_coeffs))
     return jnp.mean(squared_norm(residual_coeffs, basis))
 
 
 def relative_l2(pred_coeffs: ArrayLike, true_coeffs: ArrayLike, basis: Basis) -> Array:
-    """Exact relative L2 error ``||u - v|| / ||v||`` per leading index."""
+    """Exact relative L2 error ``||u - v|| / ||v||`` per leading index (a reference with zero norm is a run-time
+    error: the relative error is undefined)."""
+    _basis_arg(basis, "relative_l2", ("pred_coeffs", pred_coeffs), ("true_coeffs", true_coeffs))
     pred = jnp.asarray(pred_coeffs)
     true = jnp.asarray(true_coeffs)
-    return jnp.sqrt(squared_norm(pred - true, basis) / squared_norm(true, basis))
+    den = squared_norm(true, basis)
+    den = eqx.error_if(den, jnp.any(den == 0), "relative_l2: `true_coeffs` has zero norm (relative error undefined)")
+    return jnp.sqrt(squared_norm(pred - true, basis) / den)

@@ -106,3 +106,29 @@ def test_navier_stokes_courant_guard():
     assert bool(jnp.all(jnp.isfinite(out)))
     with pytest.raises(ValueError, match="max_cfl"):
         pde.solve_navier_stokes(w0, 1e-3, 1.0, 10, 2, max_cfl=0.0)
+
+
+def test_residual_vocabulary_names_misplaced_and_traced_arguments():
+    basis = pde.TensorBasis(pde.Fourier(7), pde.Chebyshev(5))
+    c = jnp.ones(basis.shape)
+    with pytest.raises(TypeError, match=r"relative_l2: `true_coeffs` must be a coefficient array.*argument order"):
+        pde.relative_l2(c, basis, c)
+    with pytest.raises(TypeError, match="`order` must be a Python int"):
+        pde.derivative(c, basis, 0, jnp.int32(1))
+    with pytest.raises(TypeError, match="`axis` must be a Python int"):
+        jax.jit(lambda a: pde.derivative(c, basis, a))(0)
+    with pytest.raises(TypeError, match="`a` must be a coefficient array"):
+        pde.product(basis, c, basis)
+    # the right order still works, and a zero reference is an error, not inf
+    assert float(pde.relative_l2(2 * c, c, basis)) == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(Exception, match="zero norm"):
+        jax.block_until_ready(pde.relative_l2(c, jnp.zeros_like(c), basis))
+
+
+def test_relative_error_checks_shapes_and_zero_reference():
+    ref = jnp.ones((2, 4))
+    assert float(pde.relative_error(2 * ref, ref)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="`pred` has shape"):
+        pde.relative_error(jnp.ones((2, 3)), ref)
+    with pytest.raises(Exception, match="zero norm"):
+        jax.block_until_ready(pde.relative_error(ref, ref.at[1].set(0.0)))

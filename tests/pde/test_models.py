@@ -173,9 +173,9 @@ def test_nsm_poisson_reaches_one_percent():
 def test_nsm_output_scale_multiplies_the_output():
     basis = pde.TensorBasis(pde.Fourier(7), pde.Chebyshev(6))
     x = jax.random.normal(jax.random.key(0), (2, 7, 6))
-    a = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1))
-    b = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1), output_scale=1.0)
-    assert a.output_scale == pde.OUTPUT_SCALE == 1e-3
+    a = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1), output_scale=1e-3)
+    b = pde.NSM(basis, 2, 1, width=8, depth=1, key=jax.random.key(1))
+    assert b.output_scale == pde.OUTPUT_SCALE == 1.0
     np.testing.assert_allclose(a(x), 1e-3 * b(x), rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match="output_scale"):
         pde.NSM(basis, 2, 1, key=jax.random.key(1), output_scale=0.0)
@@ -183,11 +183,13 @@ def test_nsm_output_scale_multiplies_the_output():
 
 @pytest.mark.slow
 def test_paper_recipe_trains_out_of_the_box():
-    """The authors' recipe on the paper's periodic Poisson: ReLU, Adam 1e-3 decayed as lr * 1e-3^(step/steps),
+    """The authors' recipe (with their output scale 1e-3, no longer the default) on the paper's periodic Poisson: ReLU, Adam 1e-3 decayed as lr * 1e-3^(step/steps),
     batch 16, width 32, depth 4; 1000 steps reach 1.48% relative error with 15x15 modes (56% without the output
     scale, as measured with 31x31 modes). Bound 3%: about 2x the measured error (seed and platform variation)."""
     prob = pde.PoissonPeriodic(n=15)
-    model = pde.NSM(prob.basis, 1, 1, width=32, depth=4, activation=jax.nn.relu, key=jax.random.key(0))
+    model = pde.NSM(
+        prob.basis, 1, 1, width=32, depth=4, activation=jax.nn.relu, key=jax.random.key(0), output_scale=1e-3
+    )
     steps = 1000
     res = fit(
         model,
