@@ -183,7 +183,8 @@ def test_nsm_output_scale_multiplies_the_output():
 
 @pytest.mark.slow
 def test_paper_recipe_trains_out_of_the_box():
-    """The authors' recipe (with their output scale 1e-3, no longer the default) on the paper's periodic Poisson: ReLU, Adam 1e-3 decayed as lr * 1e-3^(step/steps),
+    """The authors' recipe (with their output scale 1e-3, no longer the default) on the paper's periodic Poisson:
+    ReLU, Adam 1e-3 decayed as lr * 1e-3^(step/steps),
     batch 16, width 32, depth 4; 1000 steps reach 1.48% relative error with 15x15 modes (56% without the output
     scale, as measured with 31x31 modes). Bound 3%: about 2x the measured error (seed and platform variation)."""
     prob = pde.PoissonPeriodic(n=15)
