@@ -36,6 +36,7 @@ T = 0.5
 EXTRA_NSM: dict = {}
 EXTRA_OPT: dict = {}
 NX, NT = 64, 11
+DELTA = 5e-4  # the KdV-Burgers dispersion coefficient (held-out problem)
 
 
 def make_problem(kind: str, param: float, nx: int, nt: int) -> tuple[pde.Problem, pde.TensorBasis]:
@@ -57,6 +58,25 @@ def make_problem(kind: str, param: float, nx: int, nt: int) -> tuple[pde.Problem
             ux = pde.derivative(u, basis, 0)
             adv = pde.pointwise(lambda w, wx: w * wx, basis, u, ux)
             return pde.derivative(u, basis, 1) + adv - param * pde.derivative(u, basis, 0, 2)
+
+    elif kind == "kdvb":  # held-out: KdV-Burgers, u_t + u u_x = nu u_xx - DELTA u_xxx (dispersion)
+
+        def residual(u, u0):
+            ux = pde.derivative(u, basis, 0)
+            adv = pde.pointwise(lambda w, wx: w * wx, basis, u, ux)
+            disp = DELTA * pde.derivative(u, basis, 0, 3)
+            return pde.derivative(u, basis, 1) + adv - param * pde.derivative(u, basis, 0, 2) + disp
+
+    elif kind == "acadv":  # held-out: advected Allen-Cahn, u_t + u_x = nu u_xx + u - u^3
+
+        def residual(u, u0):
+            react = pde.pointwise(lambda w: w - w**3, basis, u)
+            return (
+                pde.derivative(u, basis, 1)
+                + pde.derivative(u, basis, 0)
+                - param * pde.derivative(u, basis, 0, 2)
+                - react
+            )
 
     else:
         raise ValueError(kind)
@@ -84,8 +104,12 @@ def reference(
     def rhs(_t, v):
         vh = np.fft.rfft(v)
         vx = np.fft.irfft(1j * k * vh * keep, n)
+        if kind == "acadv":  # u_t = -u_x + nu u_xx + u - u^3
+            react = np.fft.rfft(v - v**3) * keep
+            return np.fft.irfft(-1j * k * vh - param * k**2 * vh + react, n)
         nonlin = np.fft.rfft(v * vx) * keep
-        return np.fft.irfft(-nonlin - param * k**2 * vh, n)
+        disp = (-1j * k) ** 3 * DELTA * vh if kind == "kdvb" else 0.0  # -DELTA u_xxx; (ik)^3 = -i k^3
+        return np.fft.irfft(-nonlin - param * k**2 * vh + disp, n)
 
     sol = solve_ivp(rhs, (0.0, T), v0, method="DOP853", t_eval=ts, rtol=1e-10, atol=1e-12)
     vals = sol.y.T  # (nt, n)

@@ -79,8 +79,10 @@ class CNO(eqx.Module):
     Arguments:
         axes: a :class:`TensorBasis` (Fourier axes periodic, Chebyshev axes bounded; e.g. ``problem.basis``) or 1 to 3
             of ``"fourier"`` / ``"chebyshev"``.
-        in_channels, out_channels: channel counts (coordinates are appended to the inputs).
-        width, depth: hidden channels, spectral layers.
+        in_channels: input channels (coordinates are appended to the inputs).
+        out_channels: output channels.
+        width: hidden channels.
+        depth: spectral layers.
         modes: kept modes per axis (int or per-axis); the grid needs ``2 m - 1`` points per periodic axis, ``m`` per
             bounded axis.
         activation: pointwise nonlinearity. output_scale: fixed factor on the output.

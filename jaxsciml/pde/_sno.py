@@ -45,7 +45,8 @@ class SNO(eqx.Module):
 
     Arguments:
         basis: the coefficient basis of input and output (e.g. ``problem.basis``).
-        in_channels, out_channels: channel counts.
+        in_channels: input channels.
+        out_channels: output channels.
         width: hidden channels. depth: number of mode-mixing layers.
         activation: the nonlinearity applied to coefficients.
         key: PRNG key.

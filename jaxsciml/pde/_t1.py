@@ -101,7 +101,8 @@ class T1(eqx.Module):
     Arguments:
         axes: a :class:`TensorBasis` (Fourier axes periodic, Chebyshev axes bounded; e.g. ``problem.basis``) or 1 to 3
             of ``"fourier"`` / ``"chebyshev"``.
-        in_channels, out_channels: channel counts (coordinates are appended to the inputs).
+        in_channels: input channels (coordinates are appended to the inputs).
+        out_channels: output channels.
         width: hidden channels. depth: frequency-domain layers.
         modes: kept modes per axis (int or per-axis): frequencies ``|k| < m`` on periodic axes, degrees ``< m`` else.
         activation: the scalar nonlinearity ``sigma``.
