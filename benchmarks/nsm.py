@@ -36,6 +36,8 @@ DISTRIBUTIONS = (
     "l = 0.8 on a 64x64 grid, mean removed"
 )
 
+NSM_H1 = "NSM (spectral loss in H^-1, sobolev=-1)"
+
 CONFIGS = {
     "quick": {
         "steps": 20,
@@ -230,6 +232,16 @@ def run_poisson(cfg, rows):
         "poisson_periodic", prob, cfg, cfg["poisson_grids"], test, ref, eval_shape, res, rows,
         lambda g: dict(modes=min(8, g // 4)),
     )  # fmt: skip
+    # the same NSM and steps with the residual measured in H^-1 (pde.PoissonPeriodic(sobolev=-1)): an opt-in loss
+    # weighting, not the paper's L^2 loss (its FNO ratios are reported apart in the summary)
+    prob_h = pde.PoissonPeriodic(n=cfg["poisson_n"], sobolev=-1.0)
+    nsm = pde.NSM(
+        prob_h.basis, 1, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=jax.random.key(0)
+    )
+    nsm, rec = _train(
+        nsm, lambda m, p: pde.nsm_loss(m, prob_h, p), lambda k: prob_h.sample(k, cfg["batch"]), cfg["steps"]
+    )
+    rows.append(_nsm_row("poisson_periodic", prob_h, nsm, rec, test, ref, eval_shape, res, method=NSM_H1))
     solve = jax.jit(lambda p: jax.vmap(lambda q: prob.reference(q, eval_shape))(p))
     rows.append(
         {
@@ -333,18 +345,21 @@ def main(argv=None) -> dict:
     for prob_name in ("poisson_periodic", "reaction_diffusion"):
         if not any(r["problem"] == prob_name for r in rows):
             continue
-        nsm = next(r for r in rows if r["problem"] == prob_name and r["method"].startswith("NSM"))
+        nsm = next(r for r in rows if r["problem"] == prob_name and r["method"] == "NSM (spectral loss)")
         fnos = [r for r in rows if r["problem"] == prob_name and r["method"].startswith("FNO")]
-        for f in fnos:
-            summary.append(
-                {
-                    "problem": prob_name,
-                    "vs": f"FNO+PINN {f['grid']}",
-                    "error_ratio_fno_over_nsm": f["rel_l2"] / nsm["rel_l2"],
-                    "train_time_ratio_fno_over_nsm": f["train_s"] / nsm["train_s"],
-                    "target_10x_met": f["rel_l2"] / nsm["rel_l2"] >= 10,
-                }
-            )
+        nsm_h1 = [r for r in rows if r["problem"] == prob_name and r["method"] == NSM_H1]
+        for label, n in [("NSM", nsm)] + [("NSM H^-1", r) for r in nsm_h1]:
+            for f in fnos:
+                summary.append(
+                    {
+                        "problem": prob_name,
+                        "nsm": label,
+                        "vs": f"FNO+PINN {f['grid']}",
+                        "error_ratio_fno_over_nsm": f["rel_l2"] / n["rel_l2"],
+                        "train_time_ratio_fno_over_nsm": f["train_s"] / n["train_s"],
+                        "target_10x_met": f["rel_l2"] / n["rel_l2"] >= 10,
+                    }
+                )
         for b in rows:
             if b["problem"] == prob_name and b["method"].split(" ")[0] in ("SNO", "T1", "CNO"):
                 summary.append(

@@ -44,7 +44,16 @@ from ._poisson import PoissonDirichlet, PoissonPeriodic, chebyshev_diff_matrix, 
 from ._problem import AbstractProblem
 from ._random import gaussian_random_field, grf_spectrum, periodic_kernel_spectrum
 from ._reaction_diffusion import ReactionDiffusion, etdrk4_coefficients, solve_reaction_diffusion
-from ._residual import derivative, laplacian, pointwise, product, relative_l2, spectral_loss, squared_norm
+from ._residual import (
+    derivative,
+    laplacian,
+    pointwise,
+    product,
+    relative_l2,
+    sobolev_weights,
+    spectral_loss,
+    squared_norm,
+)
 from ._sno import SNO, SNO_OUTPUT_SCALE
 from ._t1 import T1, T1Layer
 from ._tensor import TensorBasis, as_tensor_basis
@@ -108,6 +117,7 @@ __all__ = [
     "solve_navier_stokes",
     "solve_poisson_dirichlet",
     "solve_reaction_diffusion",
+    "sobolev_weights",
     "spectral_loss",
     "SpectralLayer",
     "squared_norm",

@@ -54,7 +54,9 @@ class AbstractProblem(eqx.Module):
         """Residual coefficients ``basis.shape``."""
 
     def loss(self, u: Array, params: Array) -> Array:
-        """Exact spectral loss of a batch: ``mean_b int R_b^2 dx`` (NaN/inf in ``params`` raise at run time)."""
+        """Exact spectral loss of a batch: ``mean_b int R_b^2 dx`` (NaN/inf in ``params`` raise at run time); in the
+        Sobolev norm ``H^s`` along periodic axes where the problem has a ``sobolev = s`` field (see
+        :func:`~jaxsciml.pde.spectral_loss`)."""
         u = self.basis.check_coeffs(u, "u")
         params = check_finite(_float(params, "params"), "params")
         if u.ndim > self.basis.ndim:
@@ -63,7 +65,7 @@ class AbstractProblem(eqx.Module):
             r = jax.vmap(self.residual)(u, params)
         else:
             r = self.residual(u, params)
-        return spectral_loss(r, self.basis)
+        return spectral_loss(r, self.basis, sobolev=getattr(self, "sobolev", 0.0))
 
     @abc.abstractmethod
     def reference(self, params: Array, shape: tuple[int, ...]) -> Array:

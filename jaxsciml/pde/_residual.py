@@ -32,6 +32,7 @@ __all__ = [
     "product",
     "pointwise",
     "squared_norm",
+    "sobolev_weights",
     "spectral_loss",
     "relative_l2",
 ]
@@ -97,10 +98,46 @@ def squared_norm(coeffs: ArrayLike, basis: Basis) -> Array:
     return _basis_arg(basis, "squared_norm", ("coeffs", coeffs)).squared_norm(coeffs)
 
 
-def spectral_loss(residual_coeffs: ArrayLike, basis: Basis) -> Array:
+def _sobolev_order(sobolev: object) -> float:
+    if isinstance(sobolev, jax.Array):
+        raise TypeError("`sobolev` must be a Python float (it fixes the loss weights at trace time), got a JAX array")
+    if isinstance(sobolev, bool) or not isinstance(sobolev, int | float | np.integer | np.floating):
+        raise TypeError(f"`sobolev` must be a real number (the Sobolev order of the residual norm), got {sobolev!r}")
+    if not np.isfinite(sobolev):
+        raise ValueError(f"`sobolev` must be finite, got {sobolev!r}")
+    return float(sobolev)
+
+
+def sobolev_weights(basis: Basis, sobolev: float) -> Array:
+    """Weights ``w = (1 + |k|^2)^(sobolev / 2)`` of shape ``basis.shape``, ``|k|^2`` summed over the periodic
+    (Fourier) axes in angular wavenumbers (``k = 2 pi m / L``); constant along Chebyshev axes. ``squared_norm(w * r)``
+    is then the squared ``H^sobolev`` norm of ``r`` in the periodic directions (``L^2`` in the others)."""
+    tb = as_tensor_basis(basis)
+    order = _sobolev_order(sobolev)
+    k2 = np.zeros(tb.shape)
+    for axis, b in enumerate(tb.bases):
+        if b.periodic:
+            k = np.asarray(b.wavenumbers(), dtype=float)
+            k2 = k2 + np.expand_dims(k**2, tuple(i for i in range(tb.ndim) if i != axis))
+    return jnp.asarray((1.0 + k2) ** (order / 2))
+
+
+def spectral_loss(residual_coeffs: ArrayLike, basis: Basis, sobolev: float = 0.0) -> Array:
     """Mean over leading (batch) axes of the exact squared L2 norm ``int R^2 dx`` of the residual (see
-    :func:`squared_norm`); a scalar. This is the Neural Spectral Methods loss (Du et al., ICLR 2024, sec. 3)."""
+    :func:`squared_norm`); a scalar. This is the Neural Spectral Methods loss (Du et al., ICLR 2024, sec. 3).
+
+    ``sobolev = s != 0`` measures the residual in the Sobolev norm ``H^s`` along the periodic axes instead,
+    ``sum_k (1 + |k|^2)^s |R_k|^2`` (see :func:`sobolev_weights`; Chebyshev axes keep the ``L^2`` Gram matrix).
+    ``s = -1`` for an operator of order 2 in space (Poisson) weighs the *error* ``e = u - u*`` like ``|k|^2 |e_k|^2``
+    instead of ``|k|^4 |e_k|^2``, closer to the relative ``L^2`` error that is reported. Measured
+    (``benchmarks/results/nsm.md``): periodic Poisson 2.6x lower error at equal steps with ``s = -1``; a
+    time-dependent problem whose residual is dominated by ``u_t`` (reaction--diffusion) 4.4x *higher*. Default 0.
+    """
     _basis_arg(basis, "spectral_loss", ("residual_coeffs", residual_coeffs))
+    if _sobolev_order(sobolev) != 0.0:
+        residual_coeffs = jnp.asarray(residual_coeffs) * sobolev_weights(basis, sobolev).astype(
+            jnp.result_type(residual_coeffs)
+        )
     return jnp.mean(squared_norm(residual_coeffs, basis))
 
 
