@@ -325,12 +325,22 @@ def main(argv=None) -> dict:
         "--problems", default="poisson,rd,ns", help="comma-separated subset of poisson, rd, ns (default: all three)"
     )
     parser.add_argument("--name", default=None, help="results file stem (default nsm / nsm_small / nsm_quick)")
+    parser.add_argument("--steps", type=int, default=None, help="override the NSM steps (Poisson, reaction-diffusion)")
+    parser.add_argument("--ns-steps", type=int, default=None, help="override the Navier-Stokes NSM steps")
+    parser.add_argument("--ns-modes", type=int, default=None, help="override the Navier-Stokes Fourier modes n (odd)")
     args = parser.parse_args(argv)
     problems = {p.strip() for p in args.problems.split(",") if p.strip()}
     if not problems or not problems <= {"poisson", "rd", "ns"}:
         parser.error(f"--problems must be a comma-separated subset of poisson, rd, ns; got {args.problems!r}")
     name = "quick" if args.quick else "small" if args.small else "default"
-    cfg = CONFIGS[name]
+    cfg = dict(CONFIGS[name], ns=dict(CONFIGS[name]["ns"]))
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+        cfg["fno_max_steps"] = max(cfg["fno_max_steps"], 4 * args.steps)
+    if args.ns_steps is not None:
+        cfg["ns"]["steps"] = args.ns_steps
+    if args.ns_modes is not None:
+        cfg["ns"]["n"] = args.ns_modes
     load_start = os.getloadavg()
     rows, solver_rows = [], []
     if "poisson" in problems:

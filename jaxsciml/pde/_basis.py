@@ -3,7 +3,8 @@
 Every operation works along one array axis (``axis=-1`` by default) and broadcasts over all other axes, so the same code
 serves single fields, batches, channels and tensor-product bases (:class:`jaxsciml.pde.TensorBasis` applies the 1-D
 operations axis by axis). All operations are pure ``jax.numpy`` and are ``jit``/``vmap``/``grad``-safe; they follow the
-dtype of their input (float32 or float64). Transforms cost O(n log n) (``jnp.fft``); no dense transform matrices.
+dtype of their input (float32 or float64). Transforms of up to :data:`DENSE_TRANSFORM_MAX` points are small cached matrix products (faster than an FFT
+at these sizes on CPU); larger ones cost O(n log n) (``jnp.fft``).
 
 Coefficient layouts
 -------------------
@@ -350,6 +351,53 @@ def _dct1(v: Array) -> Array:
 # operand layout -- seen when the autodiff transposes of chained multi-axis rfft/irfft ops are partitioned by GSPMD.)
 
 
+#: Transforms whose grid and coefficient counts are both at most this size multiply by a cached dense matrix (built
+#: in float64 from the closed-form cosines/sines, applied at ``Precision.HIGHEST``) instead of calling ``jnp.fft``: on
+#: CPU an FFT of a few dozen points costs far more per element than a small matmul (NSM layers: activations at the
+#: basis size, e.g. 17 or 31 points), while the O(n log n) FFT path keeps large evaluation grids cheap.
+DENSE_TRANSFORM_MAX = 64
+
+
+def _dense(m: int, n: int) -> bool:
+    return max(m, n) <= DENSE_TRANSFORM_MAX
+
+
+def _matmul_last(x: Array, mat: np.ndarray) -> Array:
+    """``x @ mat`` along the last axis, at full precision (``mat`` a float64 NumPy constant, cast to ``x``'s dtype)."""
+    return jnp.matmul(x, jnp.asarray(mat, x.dtype), precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.lru_cache(maxsize=256)
+def _fourier_matrices(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(F, Inv)``: ``coeffs = values @ F`` (``m x n``), ``values = coeffs @ Inv`` (``n x m``) on ``x_j = j / m``."""
+    kmax = (n - 1) // 2
+    j = np.arange(m)[:, None]
+    k = np.arange(1, kmax + 1)[None, :]
+    cos, sin = np.cos(2 * np.pi * j * k / m), np.sin(2 * np.pi * j * k / m)
+    inv = np.empty((n, m))
+    inv[0] = 1.0
+    inv[1::2], inv[2::2] = cos.T, sin.T
+    fwd = np.empty((m, n))
+    fwd[:, 0] = 1.0 / m
+    fwd[:, 1::2], fwd[:, 2::2] = (2.0 / m) * cos, (2.0 / m) * sin
+    return fwd, inv
+
+
+@functools.lru_cache(maxsize=256)
+def _chebyshev_matrices(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(F, Inv)`` for the ascending ``m``-point Lobatto grid and ``n`` coefficients: ``Inv[k, i] = T_k(s_i)``,
+    ``F`` the interpolating (DCT-I) transform truncated to ``n`` coefficients."""
+    nn = m - 1
+    theta = np.pi * np.arange(m) / nn  # s_i = -cos(theta_i) = cos(pi - theta_i)
+    inv = np.cos(np.arange(n)[:, None] * (np.pi - theta)[None, :])
+    w = np.ones(m)
+    w[0] = w[-1] = 0.5
+    kk = np.arange(n)
+    h = np.where((kk == 0) | (kk == nn), 0.5, 1.0)
+    fwd = (2.0 / nn) * w[:, None] * np.cos((np.pi - theta)[:, None] * kk[None, :]) * h[None, :]
+    return fwd, inv
+
+
 def _fourier_weights(n: int, dtype, value: float) -> Array:
     w = np.full(n, value)
     w[0] = 1.0
@@ -358,6 +406,8 @@ def _fourier_weights(n: int, dtype, value: float) -> Array:
 
 def _fourier_forward_impl(v: Array, n: int) -> Array:
     m, kmax = v.shape[-1], (n - 1) // 2
+    if _dense(m, n):
+        return _matmul_last(v, _fourier_matrices(m, n)[0])
     z = jnp.fft.rfft(v, axis=-1)[..., : kmax + 1] / m
     ab = jnp.stack([2 * z[..., 1:].real, -2 * z[..., 1:].imag], axis=-1).reshape(*z.shape[:-1], 2 * kmax)
     return jnp.concatenate([z[..., :1].real, ab], axis=-1).astype(v.dtype)
@@ -365,6 +415,8 @@ def _fourier_forward_impl(v: Array, n: int) -> Array:
 
 def _fourier_inverse_impl(c: Array, m: int) -> Array:
     n = c.shape[-1]
+    if _dense(m, n):
+        return _matmul_last(c, _fourier_matrices(m, n)[1])
     kmax = (n - 1) // 2
     a0 = c[..., :1].astype(jnp.result_type(c.dtype, jnp.complex64))
     ab = c[..., 1:].reshape(*c.shape[:-1], kmax, 2)
@@ -411,6 +463,8 @@ _fourier_inverse.defvjp(_fourier_inverse_fwd, _fourier_inverse_bwd)
 
 def _chebyshev_forward_impl(v: Array, n: int) -> Array:
     m = v.shape[-1]
+    if _dense(m, n):
+        return _matmul_last(v, _chebyshev_matrices(m, n)[0])
     nn = m - 1
     y = _dct1(jnp.flip(v, axis=-1)) / nn  # descending points s_j = cos(pi j / N)
     y = y.at[..., 0].multiply(0.5).at[..., nn].multiply(0.5)
@@ -418,6 +472,8 @@ def _chebyshev_forward_impl(v: Array, n: int) -> Array:
 
 
 def _chebyshev_inverse_impl(c: Array, m: int) -> Array:
+    if _dense(m, c.shape[-1]):
+        return _matmul_last(c, _chebyshev_matrices(m, c.shape[-1])[1])
     c = jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, m - c.shape[-1])])
     d = c.at[..., 0].multiply(2.0).at[..., m - 1].multiply(2.0)
     return jnp.flip(0.5 * _dct1(d), axis=-1)
