@@ -3,8 +3,8 @@
 Every operation works along one array axis (``axis=-1`` by default) and broadcasts over all other axes, so the same code
 serves single fields, batches, channels and tensor-product bases (:class:`jaxsciml.pde.TensorBasis` applies the 1-D
 operations axis by axis). All operations are pure ``jax.numpy`` and are ``jit``/``vmap``/``grad``-safe; they follow the
-dtype of their input (float32 or float64). Transforms of up to :data:`DENSE_TRANSFORM_MAX` points are small cached matrix products (faster than an FFT
-at these sizes on CPU); larger ones cost O(n log n) (``jnp.fft``).
+dtype of their input (float32 or float64). Transforms of up to ``DENSE_TRANSFORM_MAX`` points are small cached matrix
+products (faster than an FFT at these sizes on CPU); larger ones cost O(n log n) (``jnp.fft``).
 
 Coefficient layouts
 -------------------
@@ -103,9 +103,21 @@ def _float(x: ArrayLike, name: str = "coeffs") -> Array:
     return x
 
 
+def runtime_check(x: Array, failed: Array, msg: str) -> Array:
+    """``x`` unchanged, or an error ``msg`` if ``failed`` is true. Called eagerly on concrete values, it raises a plain
+    ``ValueError(msg)`` at once (the message is the first line the user reads); under ``jit``/``vmap``/``grad`` it is
+    ``eqx.error_if`` (a run-time ``EquinoxRuntimeError`` carrying ``msg``)."""
+    if not isinstance(failed, jax.core.Tracer) and not isinstance(x, jax.core.Tracer):
+        if bool(jnp.any(failed)):
+            raise ValueError(msg)
+        return x
+    return eqx.error_if(x, failed, msg)
+
+
 def check_finite(x: Array, name: str) -> Array:
-    """``x`` unchanged, with a runtime error (``eqx.error_if``; works under jit/vmap/grad) if it holds NaN or inf."""
-    return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf")
+    """``x`` unchanged, with an error if it holds NaN or inf (:func:`runtime_check`: a ``ValueError`` when called
+    eagerly, ``eqx.error_if`` under jit/vmap/grad)."""
+    return runtime_check(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf")
 
 
 class AbstractBasis(eqx.Module):

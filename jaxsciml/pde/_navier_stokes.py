@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._basis import Chebyshev, Fourier, _float, check_finite
+from ._basis import Chebyshev, Fourier, _float, check_finite, runtime_check
 from ._custom import _lift, initial_value, time_coordinate
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
@@ -131,7 +131,7 @@ def solve_navier_stokes(
     if max_cfl is not None:
         worst = jnp.maximum(jnp.max(cfl), jnp.max(courant(wh_end)))
         bad = ~(worst <= max_cfl) | ~jnp.all(jnp.isfinite(out))
-        out = eqx.error_if(
+        out = runtime_check(
             out,
             bad,
             f"solve_navier_stokes: the Courant number dt * max(|u| + |v|) * N exceeded max_cfl={max_cfl} (or the "

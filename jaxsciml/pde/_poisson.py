@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._basis import Chebyshev, Fourier, check_finite
+from ._basis import Chebyshev, Fourier, check_finite, runtime_check
 from ._problem import AbstractProblem, fd_periodic_second
 from ._random import gaussian_random_field
 from ._residual import _sobolev_order
@@ -140,7 +140,7 @@ class PoissonPeriodic(AbstractProblem):
         coefficient exceeds ``1e-5 max |f_k|`` raises at run time (``eqx.error_if``), as does NaN/inf."""
         f = check_finite(self.basis.check_coeffs(params, "params"), "params")
         mean = jnp.abs(f[..., 0, 0])
-        f = eqx.error_if(
+        f = runtime_check(
             f,
             jnp.any(mean > 1e-5 * jnp.max(jnp.abs(f), axis=(-2, -1))),
             "PoissonPeriodic.solve: the source `params` has a non-zero mean (coefficient [0, 0]); -Laplace(u) = f "

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._basis import AbstractBasis
+from ._basis import AbstractBasis, runtime_check
 from ._tensor import TensorBasis, as_tensor_basis
 
 __all__ = [
@@ -148,5 +147,5 @@ def relative_l2(pred_coeffs: ArrayLike, true_coeffs: ArrayLike, basis: Basis) ->
     pred = jnp.asarray(pred_coeffs)
     true = jnp.asarray(true_coeffs)
     den = squared_norm(true, basis)
-    den = eqx.error_if(den, jnp.any(den == 0), "relative_l2: `true_coeffs` has zero norm (relative error undefined)")
+    den = runtime_check(den, jnp.any(den == 0), "relative_l2: `true_coeffs` has zero norm (relative error undefined)")
     return jnp.sqrt(squared_norm(pred - true, basis) / den)

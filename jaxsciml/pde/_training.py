@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from ..train import fit
-from ._basis import _float, check_finite
+from ._basis import _float, check_finite, runtime_check
 from ._problem import AbstractProblem
 
 ModelT = TypeVar("ModelT")
@@ -73,7 +72,7 @@ def relative_error(pred: Array, ref: Array) -> Array:
         raise ValueError(f"relative_error: expected batched arrays (B, ...), got shape {pred.shape}")
     axes = tuple(range(1, pred.ndim))
     den = jnp.sum(ref**2, axes)
-    den = eqx.error_if(den, jnp.any(den == 0), "relative_error: a sample of `ref` has zero norm")
+    den = runtime_check(den, jnp.any(den == 0), "relative_error: a sample of `ref` has zero norm")
     return jnp.mean(jnp.sqrt(jnp.sum((pred - ref) ** 2, axes) / den))
 
 

@@ -132,3 +132,18 @@ def test_relative_error_checks_shapes_and_zero_reference():
         pde.relative_error(jnp.ones((2, 3)), ref)
     with pytest.raises(Exception, match="zero norm"):
         jax.block_until_ready(pde.relative_error(ref, ref.at[1].set(0.0)))
+
+
+def test_eager_runtime_errors_put_the_message_first():
+    """Called eagerly (concrete values), run-time checks raise a plain ValueError whose first line is the message;
+    under jit they still raise (eqx.error_if) with the message in the text."""
+    zeros, ones = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ValueError) as info:
+        pde.relative_error(ones, zeros)
+    assert str(info.value).splitlines()[0] == "relative_error: a sample of `ref` has zero norm"
+    basis = pde.Fourier(5)
+    with pytest.raises(ValueError) as info:
+        pde.relative_l2(jnp.ones(5), jnp.zeros(5), basis)
+    assert str(info.value).splitlines()[0].startswith("relative_l2: `true_coeffs` has zero norm")
+    with pytest.raises(_RUNTIME, match="zero norm"):
+        jax.block_until_ready(jax.jit(pde.relative_error)(ones, zeros))
