@@ -34,6 +34,7 @@ BENCHMARKS = (
     "ode_regularization",
     "ode_target_cost",
     "ode_stiff",
+    "ode_local_paper",
     "nsm",
     "shampoo",
     "shampoo_peers",
