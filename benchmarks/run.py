@@ -35,6 +35,7 @@ BENCHMARKS = (
     "ode_target_cost",
     "ode_stiff",
     "ode_local_paper",
+    "ode_target_cost_safeguard",
     "nsm",
     "shampoo",
     "shampoo_peers",
