@@ -295,6 +295,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--tol", type=float, default=None)
+    p.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all four)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     cfg = {
@@ -319,6 +320,11 @@ def main(argv=None):
     with jax.enable_x64(True):  # rtol = atol = 1.4e-8 is below float32's resolution
         data = _data()
         methods = _methods(cfg)
+        if args.methods is not None:
+            unknown = set(args.methods) - set(methods)
+            if unknown:
+                raise SystemExit(f"--methods: unknown {sorted(unknown)}; expected a subset of {list(methods)}")
+            methods = {k: v for k, v in methods.items() if k in args.methods}
         rows = []
         for seed in cfg["seeds"]:
             for name, reg in methods.items():
