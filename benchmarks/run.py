@@ -34,6 +34,8 @@ BENCHMARKS = (
     "ode_regularization",
     "ode_target_cost",
     "ode_stiff",
+    "ode_local_paper",
+    "ode_target_cost_safeguard",
     "nsm",
     "shampoo",
     "shampoo_peers",

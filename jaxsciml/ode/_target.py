@@ -46,11 +46,17 @@ step ``reg = tc.regularizer(state)`` is passed to the model, and ``state = tc.up
         return eqx.apply_updates(model, updates), opt_state, tc.update(tc_state, stats)
 
 An unreachable target (below the cost at which the model can still fit the data, e.g. fewer steps than the
-tolerances allow for any useful field) makes ``lam`` grow geometrically to ``max_weight`` while the cost stalls, and
-accuracy suffers (measured on digits: asking for 0.3x the unregularized NFE ended at ``lam = 1e6`` and 82% accuracy,
-vs 97% unregularized). Watch ``state.weight`` and ``state.cost``, and cap ``max_weight`` to bound the damage. The cost
-of an explicit Runge--Kutta solve is quantised (Tsit5: ``3 + 6 x steps`` evaluations with the automatic first step),
-so a target between two step counts is met on average over the batch.
+tolerances allow for any useful field) makes ``lam`` grow geometrically while the cost stalls, and accuracy suffers
+(measured on digits without a safeguard: asking for 0.3x the unregularized NFE ended at ``lam = 1e6`` and 82%
+accuracy, vs 97% unregularized). The safeguard ``stall_growth`` (default ``100``) bounds this: the state tracks an
+exponential moving average of the cost (``cost_ema``, factor ``ema_decay``); whenever the average has fallen by a
+relative ``min_improvement`` since it last did (``best_cost``), the current weight becomes the anchor, and ``lam``
+may not rise above ``stall_growth`` times the anchor until the cost falls again (it may always fall).
+``state.saturated`` is ``True`` while the last update wanted to raise ``lam`` but was stopped (by ``stall_growth``
+or ``max_weight``): the target is out of reach at the weights allowed, so lower the target or accept the cost
+reached. ``stall_growth=None`` restores the unguarded rule. The cost of an explicit Runge--Kutta solve is quantised
+(Tsit5: ``3 + 6 x steps`` evaluations with the automatic first step), so a target between two step counts is met on
+average over the batch.
 
 The NFE of prediction is that of an unregularized solve, which equals the training solve's (the heuristics only add
 to the solver state) for global regularization; local regularization adds its local steps to ``num_fevals``, so use
@@ -65,7 +71,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ._regularizers import HeuristicRegularization
 from ._solve import SolveStats, check_weight
@@ -77,11 +83,18 @@ _COSTS = {"nfe": "num_fevals", "accepted_steps": "num_accepted", "steps": "num_s
 
 class TargetCostState(eqx.Module):
     """State of :class:`TargetCost` (scalars): ``log_weight`` (``log lam``), ``cost`` (the last measured mean cost
-    per solve, ``nan`` before the first update) and ``count`` (updates so far)."""
+    per solve, ``nan`` before the first update), ``count`` (updates so far), ``cost_ema`` (moving average of the
+    cost), ``best_cost`` (the average when it last fell by ``min_improvement``), ``anchor_log_weight`` (``log lam``
+    at that update) and ``saturated`` (the last update wanted to raise ``lam`` and was stopped by the
+    ``stall_growth`` or ``max_weight`` cap)."""
 
     log_weight: Float[Array, ""]
     cost: Float[Array, ""]
     count: Int[Array, ""]
+    cost_ema: Float[Array, ""]
+    best_cost: Float[Array, ""]
+    anchor_log_weight: Float[Array, ""]
+    saturated: Bool[Array, ""]
 
     @property
     def weight(self) -> Float[Array, ""]:
@@ -102,7 +115,11 @@ class TargetCost(eqx.Module):
     - ``min_weight``, ``max_weight``: the clip of ``lam`` (``0 < min_weight <= init_weight <= max_weight``);
     - ``stiffness_ratio``: ``lam_S = stiffness_ratio * lam`` (``0``: error heuristic only; ``> 0`` needs an explicit
       RK solver with a stiffness stage pair);
-    - ``local``, ``num_samples``: as :class:`HeuristicRegularization` (local estimates, any adjoint, needs a key).
+    - ``local``, ``num_samples``: as :class:`HeuristicRegularization` (local estimates, any adjoint, needs a key);
+    - ``stall_growth``: the most ``lam`` may grow (factor ``> 1``) above its value when the cost last fell (module
+      docstring); ``None``: no such cap (``max_weight`` only);
+    - ``ema_decay``: the moving average's factor in ``[0, 1)`` (``0``: the last cost alone);
+    - ``min_improvement``: the relative fall of the average cost below its best that counts as progress (``>= 0``).
     """
 
     target: float
@@ -114,6 +131,9 @@ class TargetCost(eqx.Module):
     stiffness_ratio: float = 0.0
     local: Literal["unbiased", "biased"] | None = eqx.field(static=True, default=None)
     num_samples: int = eqx.field(static=True, default=1)
+    stall_growth: float | None = 100.0
+    ema_decay: float = 0.9
+    min_improvement: float = 0.01
 
     def __check_init__(self):
         for name in ("target", "init_weight", "learning_rate", "min_weight", "max_weight"):
@@ -128,6 +148,13 @@ class TargetCost(eqx.Module):
         if self.cost not in _COSTS:
             raise ValueError(f"cost must be one of {tuple(_COSTS)}, got cost={self.cost!r}")
         check_weight("stiffness_ratio", self.stiffness_ratio)
+        g = self.stall_growth
+        if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool) or not g > 1 or g == math.inf):
+            raise ValueError(f"stall_growth must be a finite number > 1 or None, got stall_growth={g!r}")
+        for name, ok in (("ema_decay", lambda v: 0 <= v < 1), ("min_improvement", lambda v: 0 <= v < 1)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not ok(v):
+                raise ValueError(f"{name} must be a number in [0, 1), got {name}={v!r}")
         if self.local is not None and self.cost == "nfe":
             raise ValueError(
                 "local regularization adds its local steps to num_fevals; with local=... use cost='accepted_steps' "
@@ -137,10 +164,16 @@ class TargetCost(eqx.Module):
 
     def init(self) -> TargetCostState:
         """``log lam = log init_weight``, no cost measured yet."""
+        log_w = jnp.asarray(math.log(self.init_weight), jnp.float32)
+        nan = jnp.asarray(jnp.nan, jnp.float32)
         return TargetCostState(
-            log_weight=jnp.asarray(math.log(self.init_weight), jnp.float32),
-            cost=jnp.asarray(jnp.nan, jnp.float32),
+            log_weight=log_w,
+            cost=nan,
             count=jnp.asarray(0, jnp.int32),
+            cost_ema=nan,
+            best_cost=jnp.asarray(jnp.inf, jnp.float32),
+            anchor_log_weight=log_w,
+            saturated=jnp.asarray(False),
         )
 
     def regularizer(self, state: TargetCostState) -> HeuristicRegularization:
@@ -171,12 +204,29 @@ class TargetCost(eqx.Module):
         return jnp.mean(value.astype(jnp.float32))
 
     def update(self, state: TargetCostState, stats: SolveStats) -> TargetCostState:
-        """One dual step: ``log lam += learning_rate * (log C - log target)``, clipped."""
+        """One dual step: ``log lam += learning_rate * (log C - log target)``, clipped to ``[min_weight,
+        max_weight]`` and (rises only) to ``stall_growth`` times the weight at which the cost last fell."""
+        if not isinstance(state, TargetCostState):
+            raise TypeError(f"state must be a TargetCostState (from TargetCost.init()), got {type(state).__name__}")
         c = jnp.maximum(self.measured_cost(stats), 1e-12)
+        ema = jnp.where(jnp.isnan(state.cost_ema), c, self.ema_decay * state.cost_ema + (1 - self.ema_decay) * c)
+        improved = ema < (1 - self.min_improvement) * state.best_cost
+        best = jnp.where(improved, ema, state.best_cost)
+        anchor = jnp.where(improved, state.log_weight, state.anchor_log_weight)
         step = self.learning_rate * (jnp.log(c) - math.log(self.target))
-        log_w = jnp.clip(state.log_weight + step, math.log(self.min_weight), math.log(self.max_weight))
+        proposed = state.log_weight + step
+        upper = jnp.asarray(math.log(self.max_weight), proposed.dtype)
+        if self.stall_growth is not None:
+            upper = jnp.minimum(upper, jnp.maximum(anchor + math.log(self.stall_growth), state.log_weight))
+        log_w = jnp.clip(proposed, math.log(self.min_weight), upper)
+        saturated = (step > 0) & (proposed > upper)
+        dt = state.log_weight.dtype
         return TargetCostState(
-            log_weight=log_w.astype(state.log_weight.dtype),
+            log_weight=log_w.astype(dt),
             cost=c.astype(state.cost.dtype),
             count=state.count + 1,
+            cost_ema=ema.astype(state.cost_ema.dtype),
+            best_cost=best.astype(state.best_cost.dtype),
+            anchor_log_weight=anchor.astype(dt),
+            saturated=saturated,
         )

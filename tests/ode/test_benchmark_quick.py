@@ -46,3 +46,28 @@ def test_quick_stiff_benchmark(tmp_path):
     payload = stiff_main(["--quick", "--out", str(tmp_path)])
     rows = payload["tables"]["stiff neural ODE, Kvaerno5"]
     assert len(rows) == 4 and all(r["accepted_steps"] >= 1 and math.isfinite(r["test_mse"]) for r in rows)
+
+
+@pytest.mark.slow  # ~1-2 min of compilation (four digits trainings in float64)
+def test_quick_local_paper_benchmark(tmp_path):
+    from benchmarks.ode_local_paper import main as paper_main
+
+    payload = paper_main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "ode_local_paper.md").exists()
+    summary = payload["tables"]["summary (mean over seeds; ratios vs unregularized, same seed)"]
+    assert [r["method"] for r in summary] == ["unregularized", "global R_E", "local unbiased", "local biased"]
+    assert summary[0]["nfe_ratio"] == 1.0 and all(r["pred_nfe"] >= 9 for r in summary)
+    runs = payload["tables"]["per run"]
+    # the local methods pay two extra solver steps per training solve; prediction solves are plain
+    assert all(r["train_nfe_last10%"] > r["pred_nfe"] for r in runs if r["method"].startswith("local"))
+    assert "Differences from the paper" in (tmp_path / "ode_local_paper.md").read_text()
+
+
+@pytest.mark.slow  # ~1 min of compilation (three small digits trainings)
+def test_quick_target_cost_safeguard_benchmark(tmp_path):
+    from benchmarks.ode_target_cost_safeguard import main as safeguard_main
+
+    payload = safeguard_main(["--quick", "--out", str(tmp_path)])
+    rows = payload["tables"]["unreachable targets: stall_growth=100 (default) vs None"]
+    assert [r["stall_growth"] for r in rows] == [100.0, "None"]
+    assert all(0 < r["final_lam_E"] <= 1e6 and 0 <= r["accuracy_%"] <= 100 for r in rows)
