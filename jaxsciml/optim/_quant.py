@@ -97,3 +97,37 @@ def quantized_nbytes(d: int, block: int = 64) -> int:
     c = chunk_size(d, block)
     length = -(-d // c) * c
     return d * length // 2 + 4 * d * (length // c)
+
+
+def offdiag_dtype(dtype) -> jnp.dtype:
+    """Storage dtype of the (scaled) off-diagonal part of a statistic in its eigenbasis: float16 for float32 (and
+    lower) computations, float32 for float64 ones."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float16)
+
+
+def _diag_scale(diag: Array) -> Array:
+    top = jnp.max(jnp.abs(diag), axis=-1)
+    return jnp.where(top > 0, top, 1.0)
+
+
+def pack_symmetric(m: Float[Array, "N d d"]) -> tuple[Float[Array, "N d"], Array]:
+    """Split a stack of symmetric matrices into its diagonal (kept in ``m``'s dtype) and its strict upper triangle
+    ``(N, d (d - 1) / 2)`` divided by the largest diagonal entry of its matrix (so that it lies in ``[-1, 1]`` for a
+    PSD matrix) and rounded to :func:`offdiag_dtype`: a floating format, so every entry keeps its relative accuracy
+    (``2^-11`` for float16) down to ``6e-5`` of the largest diagonal entry (float16 subnormals below). The scale is
+    not stored: it is recomputed from the exact diagonal."""
+    d = m.shape[-1]
+    iu = np.triu_indices(d, 1)
+    sym = 0.5 * (m + jnp.swapaxes(m, -1, -2))
+    diag = jnp.diagonal(m, axis1=-2, axis2=-1)
+    off = sym[..., iu[0], iu[1]] / _diag_scale(diag)[:, None]
+    return diag, off.astype(offdiag_dtype(m.dtype))
+
+
+def unpack_symmetric(diag: Float[Array, "N d"], off: Array) -> Float[Array, "N d d"]:
+    """Inverse of :func:`pack_symmetric`: the ``(N, d, d)`` symmetric matrices in ``diag``'s dtype."""
+    n, d = diag.shape
+    iu = np.triu_indices(d, 1)
+    vals = off.astype(diag.dtype) * _diag_scale(diag)[:, None]
+    up = jnp.zeros((n, d, d), diag.dtype).at[:, iu[0], iu[1]].set(vals)
+    return up + jnp.swapaxes(up, -1, -2) + diag[:, :, None] * jnp.eye(d, dtype=diag.dtype)

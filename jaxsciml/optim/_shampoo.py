@@ -38,7 +38,7 @@ from ._blocking import (
     to_blocks,
     valid_block_dims,
 )
-from ._quant import QuantizedMatrix, bjorck, dequantize, quantize
+from ._quant import QuantizedMatrix, bjorck, dequantize, pack_symmetric, quantize, unpack_symmetric
 from ._roots import (
     eigh_inverse_root,
     eigh_psd,
@@ -110,7 +110,7 @@ class ShampooState(NamedTuple):
     mu: tuple
 
 
-FOUR_BIT_MODES = ("roots", "eigenvalue_tracking")
+FOUR_BIT_MODES = ("eigenbasis", "roots", "eigenvalue_tracking")
 
 PER_LEAF_FIELDS = ("stats", "roots", "eigvals", "eigvecs", "graft", "mu")
 
@@ -154,7 +154,7 @@ def _check_common(
     quant_block_size,
     bjorck_iters,
     newton_iters,
-    four_bit_mode="roots",
+    four_bit_mode="eigenbasis",
 ):
     block_size = C.static_int("block_size", block_size, allow_none=True)
     precondition_every = C.static_int("precondition_every", precondition_every)
@@ -182,10 +182,10 @@ def _check_common(
     if quantize_eigenvectors and root_method != "eigh":
         raise ValueError("`quantize_eigenvectors=True` requires root_method='eigh' (it stores eigenvectors).")
     four_bit_mode = C.choice("four_bit_mode", four_bit_mode, FOUR_BIT_MODES)
-    if quantize_eigenvectors and power_iterations != 1 and four_bit_mode == "eigenvalue_tracking":
+    if quantize_eigenvectors and power_iterations != 1 and four_bit_mode != "roots":
         raise ValueError(
             "`power_iterations > 1` is not supported together with `quantize_eigenvectors=True` and "
-            "four_bit_mode='eigenvalue_tracking'."
+            f"four_bit_mode={four_bit_mode!r} (use four_bit_mode='roots')."
         )
     return (
         block_size,
@@ -271,12 +271,12 @@ def scale_by_shampoo(
     max_preconditioner_dim: int | None = None,
     power_iterations: int = 1,
     quantize_eigenvectors: bool = False,
-    quant_block_size: int = 64,
-    bjorck_iters: int = 1,
+    quant_block_size: int = 32,
+    bjorck_iters: int = 2,
     newton_iters: int = 100,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
-    four_bit_mode: str = "roots",
+    four_bit_mode: str = "eigenbasis",
     stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     r"""Shampoo preconditioning (without learning rate), as an ``optax.GradientTransformation``.
@@ -435,7 +435,8 @@ def scale_by_shampoo(
         raise ValueError(f"`mesh_axis` {mesh_axis!r} is not an axis of the mesh {mesh.axis_names}.")
     quant = bool(quantize_eigenvectors)
     tracking = quant and four_bit_mode == "eigenvalue_tracking"  # statistics held as 4-bit eigendecompositions
-    quant_roots = quant and not tracking  # fp32 statistics, roots held as fp32 eigenvalues + 4-bit eigenvectors
+    eigenbasis = quant and four_bit_mode == "eigenbasis"  # statistics held in their 4-bit eigenbasis
+    quant_roots = quant and four_bit_mode == "roots"  # fp32 statistics, roots held as fp32 eigenvalues + 4-bit eigvecs
     platform = target_platform(mesh)
     use_mu = not C.is_static_zero(beta1)
     diag_kind = graft if graft in ("adagrad", "rmsprop", "adam") else "adagrad"
@@ -462,6 +463,11 @@ def scale_by_shampoo(
                     stats.append(())
                     roots.append(())
                     eigvals.append(tuple(jnp.zeros((nb, b), dt) for b in plan.block))
+                    eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
+                elif eigenbasis:
+                    stats.append((tuple(pack_symmetric(z) for z in zeros),))
+                    roots.append(())
+                    eigvals.append(tuple(jnp.ones((nb, b), dt) for b in plan.block))
                     eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
                 elif quant_roots:
                     stats.append(tuple(zeros for _ in range(power_iterations)))
@@ -569,6 +575,61 @@ def scale_by_shampoo(
             v_now[li][m] = put(v_now[li][m], idx, safe_update(q, ok, take(v_now[li][m], idx)))
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
         return _tt(lam_new), _tt(q_new), _tt(v_now), failed
+
+    def refresh_eigenbasis(mats, eigvals, eigvecs, vs, plans, sel=None):
+        """``four_bit_mode="eigenbasis"`` refresh of every block (or those in ``sel``, see :func:`refresh_fp`).
+
+        ``mats`` holds each statistic ``S = V~ M V~^T`` in its current rectified 4-bit basis ``V~`` (``vs``). With
+        ``M = Q diag(w) Q^T`` the exact eigenbasis of ``S`` is ``V~ Q``; it is quantized to 4 bits, rectified
+        (``V~'``), and ``M`` is rotated into the new basis, ``M' = (V~'^T V~) M (V~^T V~')``, so the quantization
+        error of the basis is kept in ``M'``'s off-diagonal, not lost. The root's eigenvalues ``(w + eps w_max)^(-p)``
+        are kept in full precision. -> (mats, eigvals, eigvecs, eigenvectors to use now, number of failed blocks);
+        the refresh step itself uses the exact eigenvectors ``V~ Q``."""
+        items, where = [], []
+        for li, plan in enumerate(plans):
+            if plan.kind != "block":
+                continue
+            for m in range(plan.order):
+                idx = None if sel is None else sel.get((li, m))
+                if sel is not None and idx is None:
+                    continue
+                a = mats[li][m] if idx is None else mats[li][m][idx]
+                items.append((a,))
+                where.append((li, m, exponent_of(plan), idx, plan.block[m]))
+        mats_new = [list(x) for x in mats]
+        lam_new = [list(x) for x in eigvals]
+        q_new = [list(x) for x in eigvecs]
+        v_now = [list(x) for x in vs]
+        failed = jnp.zeros((), jnp.int32)
+        outs = grouped_map(lambda a: eigh_psd(a, platform), items, mesh, mesh_axis)
+
+        def put(full, idx, new):
+            return new if idx is None else full.at[idx].set(new)
+
+        def take(full, idx):
+            return full if idx is None else full[idx]
+
+        for (li, m, p, idx, b), (a,), (w, q) in zip(where, items, outs):
+            v_old = take(vs[li][m], idx)
+            v_exact = v_old @ q
+            qq = quantize(v_exact, qbs)
+            v_t = bjorck(dequantize(qq, b, a.dtype), bjorck_iters)
+            rot = jnp.swapaxes(v_t, -1, -2) @ v_old
+            m_rot = rot @ a @ jnp.swapaxes(rot, -1, -2)
+            lmax = jnp.max(w, axis=-1)
+            ok = jnp.isfinite(lmax) & (lmax > 0) & jnp.all(jnp.isfinite(v_exact), axis=(-2, -1))
+            inv = (w + (epsilon * jnp.where(ok, lmax, 1.0))[:, None]) ** (-p)
+            ok = ok & jnp.all(jnp.isfinite(inv), axis=-1) & jnp.all(jnp.isfinite(m_rot), axis=(-2, -1))
+            old = eigvecs[li][m]
+            mats_new[li][m] = put(mats[li][m], idx, safe_update(m_rot, ok, a))
+            lam_new[li][m] = put(eigvals[li][m], idx, safe_update(inv, ok, take(eigvals[li][m], idx)))
+            q_new[li][m] = QuantizedMatrix(
+                put(old.codes, idx, safe_update(qq.codes, ok, take(old.codes, idx))),
+                put(old.scales, idx, safe_update(qq.scales, ok, take(old.scales, idx))),
+            )
+            v_now[li][m] = put(vs[li][m], idx, safe_update(v_exact, ok, v_old))
+            failed = failed + jnp.sum(~ok).astype(jnp.int32)
+        return _tt(mats_new), _tt(lam_new), _tt(q_new), _tt(v_now), failed
 
     def rectified(eigvecs, eigvals, plans):
         """Dequantized eigenvectors after ``bjorck_iters`` Björck steps, per leaf, per mode."""
@@ -692,6 +753,35 @@ def scale_by_shampoo(
                     failed = failed + jnp.sum(~ok).astype(jnp.int32)
                 use_roots.append(tuple(rs))
             nonfinite_stats = bad
+        elif eigenbasis:
+            new_roots = state.roots
+            vs = rectified(state.eigvecs, state.eigvals, plans)
+            mats = tuple(
+                tuple(
+                    beta2 * unpack_symmetric(*state.stats[li][0][m])
+                    + coef * (jnp.swapaxes(v, -1, -2) @ mode_gram(xbs[li], m) @ v)
+                    for m, v in enumerate(vs[li])
+                )
+                if plan.kind == "block"
+                else ()
+                for li, plan in enumerate(plans)
+            )
+            nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(mats))
+            mats, new_vals, new_vecs, vs, failed = scheduled(
+                t,
+                finite,
+                plans,
+                lambda sel: lambda a, lam, q, v: refresh_eigenbasis(a, lam, q, v, plans, sel),
+                lambda a, lam, q, v: (a, lam, q, v, zero),
+                (mats, state.eigvals, state.eigvecs, vs),
+            )
+            new_stats = tuple((tuple(pack_symmetric(a) for a in ms),) if ms else () for ms in mats)
+            use_roots = [
+                tuple((v * inv[:, None, :]) @ jnp.swapaxes(v, -1, -2) for v, inv in zip(vs[li], new_vals[li]))
+                if plan.kind == "block"
+                else ()
+                for li, plan in enumerate(plans)
+            ]
         else:
             new_stats = []
             for li, plan in enumerate(plans):
@@ -827,12 +917,12 @@ def shampoo(
     max_preconditioner_dim: int | None = None,
     power_iterations: int = 1,
     quantize_eigenvectors: bool = False,
-    quant_block_size: int = 64,
-    bjorck_iters: int = 1,
+    quant_block_size: int = 32,
+    bjorck_iters: int = 2,
     newton_iters: int = 100,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
-    four_bit_mode: str = "roots",
+    four_bit_mode: str = "eigenbasis",
     stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     """Shampoo optimizer: :func:`scale_by_shampoo`, decoupled weight decay, then ``-learning_rate`` scaling.
