@@ -21,19 +21,23 @@ def _few_matrices():
 
 
 def test_preconditioner_bytes_at_most_0p3_of_fp32():
-    """Statistics + roots of the default 4-bit mode: <= 0.3x fp32 Shampoo's bytes (0.21x measured here: 4-bit codes
-    and float32 scales per 32 entries for the eigenvectors, bfloat16 off-diagonal + float32 diagonal for the statistic
-    in its eigenbasis, float32 eigenvalues of the root); the old ``"roots"`` mode keeps fp32 statistics (> 0.5x)."""
+    """Statistics + roots of the default 4-bit mode: <= 0.3x fp32 Shampoo's bytes (0.22x here: 4-bit codes and float32
+    scales per 32 entries for the eigenvectors, a float16 (scaled) off-diagonal upper triangle + float32 diagonal for
+    the statistic in its eigenbasis, float32 eigenvalues of the root); the "roots" mode keeps fp32 statistics."""
     params = _few_matrices()
-    ref = memory_breakdown(shampoo(1e-3).init(params))
-    new = memory_breakdown(shampoo(1e-3, quantize_eigenvectors=True).init(params))
-    old = memory_breakdown(shampoo(1e-3, quantize_eigenvectors=True, four_bit_mode="roots").init(params))
+
+    def breakdown(**kw):  # shapes and dtypes of the initial state are all that is counted
+        return memory_breakdown(jax.eval_shape(shampoo(1e-3, **kw).init, params))
+
+    ref, new = breakdown(), breakdown(quantize_eigenvectors=True)
+    old = breakdown(quantize_eigenvectors=True, four_bit_mode="roots")
     assert new["preconditioner"] <= 0.3 * ref["preconditioner"], (new, ref)
     assert old["preconditioner"] > 0.5 * ref["preconditioner"]
     assert new["roots"] == 0 and new["first_order"] == ref["first_order"]
     # the state really has the packed dtypes (nothing full-size hides in it)
-    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(shampoo(1e-3, quantize_eigenvectors=True).init(params))}
-    assert jnp.dtype(jnp.uint8) in dtypes and jnp.dtype(jnp.bfloat16) in dtypes
+    state = jax.eval_shape(shampoo(1e-3, quantize_eigenvectors=True).init, params)
+    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(state)}
+    assert jnp.dtype(jnp.uint8) in dtypes and jnp.dtype(jnp.float16) in dtypes
 
 
 def test_rectified_eigenvectors_are_orthogonal():
@@ -55,10 +59,10 @@ def test_pack_symmetric_roundtrip():
     a = rng.normal(size=(2, 7, 7)).astype(np.float32)
     m = jnp.asarray(a + np.swapaxes(a, -1, -2))
     diag, off = pack_symmetric(m)
-    assert diag.dtype == jnp.float32 and off.dtype == jnp.bfloat16 and off.shape == (2, 21)
+    assert diag.dtype == jnp.float32 and off.dtype == jnp.float16 and off.shape == (2, 21)
     back = unpack_symmetric(diag, off)
     np.testing.assert_array_equal(np.diagonal(back, axis1=1, axis2=2), np.diagonal(m, axis1=1, axis2=2))
-    np.testing.assert_allclose(back, m, rtol=4e-3)
+    np.testing.assert_allclose(back, m, rtol=1e-3)  # float16: relative rounding 2^-11 of each scaled entry
 
 
 def _updates(opt, grads):
@@ -72,25 +76,28 @@ def _updates(opt, grads):
 
 
 def test_updates_agree_with_fp32_shampoo():
-    """Same gradients into fp32 and default 4-bit Shampoo (block 64, refresh every 5 steps, staggered, RMSprop graft):
-    per-step relative update difference ``||u_4 - u_32|| / ||u_32||``, measured 1.2-1.6% once the statistics have
-    full rank (median 1.5% over all 30 steps, max 7.5% in the first, rank-deficient steps). Asserted: median <= 3%,
-    steps >= 10 <= 4%, all <= 12%."""
+    """Same gradients into fp32 and default 4-bit Shampoo (one (40, 32) block, refresh every 4 steps, RMSprop graft,
+    epsilon 1e-6): per-step relative update difference ``||u_4 - u_32|| / ||u_32||``. Measured: 6e-4 on refresh
+    steps (exact eigenvectors there), 2.1-3.3% on the other steps once the statistics have full rank (step >= 5),
+    10% on steps 2-4, where the rank-deficient statistic's damped null space (eigenvalues epsilon lambda_max)
+    amplifies the 4-bit eigenvector error by up to epsilon^(-1/4). Asserted: median <= 3%, steps >= 5 <= 4%, all
+    <= 12%."""
     rng = np.random.default_rng(2)
-    grads = [jnp.asarray(rng.normal(size=(80, 48)) * np.linspace(0.1, 3.0, 48), jnp.float32) for _ in range(30)]
-    kw = dict(block_size=64, beta1=0.0, beta2=0.99, precondition_every=5, graft="rmsprop", epsilon=1e-6)
+    grads = [jnp.asarray(rng.normal(size=(40, 32)) * np.linspace(0.1, 3.0, 32), jnp.float32) for _ in range(20)]
+    kw = dict(block_size=64, beta1=0.0, beta2=0.99, precondition_every=4, graft="rmsprop", epsilon=1e-6)
+    kw.update(stagger_refresh=False)
     a, _ = _updates(scale_by_shampoo(**kw), grads)
     b, s4 = _updates(scale_by_shampoo(quantize_eigenvectors=True, **kw), grads)
     d = np.array([float(jnp.linalg.norm(x - y) / jnp.linalg.norm(x)) for x, y in zip(a, b)])
-    assert np.median(d) <= 0.03 and d[10:].max() <= 0.04 and d.max() <= 0.12, d
+    assert np.median(d) <= 0.03 and d[4:].max() <= 0.04 and d.max() <= 0.12, d
     assert int(s4.root_fallbacks) == 0 and int(s4.nonfinite_statistics) == 0
 
 
 def test_jit_vmap_over_independent_problems():
     """vmap of init/update over a batch of parameter sets equals the per-problem loop."""
     rng = np.random.default_rng(3)
-    opt = scale_by_shampoo(block_size=8, precondition_every=2, quantize_eigenvectors=True)
-    gs = jnp.asarray(rng.normal(size=(3, 4, 12, 6)), jnp.float32)  # (problem, step, 12, 6)
+    opt = scale_by_shampoo(block_size=8, precondition_every=2, quantize_eigenvectors=True, stagger_refresh=False)
+    gs = jnp.asarray(rng.normal(size=(2, 3, 12, 6)), jnp.float32)  # (problem, step, 12, 6)
 
     def run(g_steps):
         state = opt.init(g_steps[0])
@@ -101,10 +108,11 @@ def test_jit_vmap_over_independent_problems():
         return jnp.stack(us), state
 
     batched, bstate = jax.jit(jax.vmap(run))(gs)
-    for i in range(3):
-        single, _ = jax.jit(run)(gs[i])
+    run_one = jax.jit(run)
+    for i in range(2):
+        single, _ = run_one(gs[i])
         np.testing.assert_allclose(batched[i], single, rtol=2e-4, atol=1e-6)
-    assert bstate.eigvecs[0][0].codes.shape[0] == 3
+    assert bstate.eigvecs[0][0].codes.shape[0] == 2
 
 
 @pytest.mark.parametrize("mode", ["eigenbasis", "roots", "eigenvalue_tracking"])
