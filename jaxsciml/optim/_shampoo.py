@@ -88,10 +88,12 @@ class ShampooState(NamedTuple):
         nonfinite_statistics: cumulative number of steps after which some statistic held inf/NaN (e.g. overflow by a
             huge but finite gradient), int32.
         stats: per leaf, per power-iteration level, per mode: statistics ``(num_blocks, b_i, b_i)`` (empty with
-            ``four_bit_mode="eigenvalue_tracking"``).
+            ``four_bit_mode="eigenvalue_tracking"``; with ``"eigenbasis"`` one level of pairs ``(diagonal
+            (num_blocks, b_i), scaled float16 off-diagonal upper triangle (num_blocks, b_i (b_i - 1) / 2))`` of the
+            statistic in its 4-bit eigenbasis, see :func:`jaxsciml.optim._quant.pack_symmetric`).
         roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode).
         eigvals: 4-bit mode only, per leaf, per mode, ``(num_blocks, b_i)``: the root's eigenvalues
-            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="roots"``) or the statistics' eigenvalues
+            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="eigenbasis"`` / ``"roots"``) or the statistics' eigenvalues
             (``"eigenvalue_tracking"``).
         eigvecs: 4-bit mode only: per leaf, per mode: the 4-bit eigenvectors (:class:`QuantizedMatrix`).
         graft: per leaf: diagonal second-moment accumulator of the graft / diagonal method (or an empty array).
@@ -312,15 +314,28 @@ def scale_by_shampoo(
     and ``count`` are unchanged, ``skipped`` is incremented and the returned update is zero.
 
     **4-bit** (``quantize_eigenvectors=True``; Wang et al. 2024). Eigenvector matrices are stored with 4-bit
-    Linear-2 codes (:mod:`jaxsciml.optim._quant`, per-chunk scales over ``quant_block_size`` entries); after
-    dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Two schedules (``four_bit_mode``):
+    Linear-2 codes, two per byte (:mod:`jaxsciml.optim._quant`, float32 per-chunk scales over ``quant_block_size``
+    entries); after dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Three schedules
+    (``four_bit_mode``):
 
-    - ``"roots"`` (default; the paper's use of quantization on fp32 Shampoo's schedule): the statistics are exactly
-      those of fp32 Shampoo; at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
+    - ``"eigenbasis"`` (default since 2026-12; preconditioner state about 0.2x fp32 Shampoo's for blocks of 32 to 128):
+      each statistic is held in its own 4-bit eigenbasis ``V~`` (the rectified dequantized eigenvectors),
+      ``S = V~ M V~^T``, with ``M``'s diagonal in float32 and its off-diagonal upper triangle, scaled by ``M``'s
+      largest diagonal entry, in float16 (floating point: each entry keeps its relative accuracy); every step
+      ``M <- beta2 M + c V~^T G G^T V~``. The root (Wang et al.: 4-bit eigenvectors, full-precision eigenvalues)
+      shares the basis: at each refresh ``M = Q diag(w) Q^T``, the exact eigenvectors ``V~ Q`` are quantized and
+      rectified (``V~'``), ``M`` is rotated into the new basis, ``M' = (V~'^T V~) M (V~^T V~')`` -- so the basis'
+      quantization error stays in ``M'``'s off-diagonal instead of being lost at every refresh -- and the root's
+      eigenvalues ``(w + eps w_max)^(-p)`` are kept in float32; every step uses ``V~ diag(.) V~^T``. Same schedule
+      and statistics as fp32 Shampoo up to rounding; updates differ from it by the 4-bit eigenvector error, which
+      the root amplifies where the statistic is ill-conditioned: ~2-3% per step on a full-rank statistic, 10-40%
+      with ``epsilon = 1e-6`` on rank-deficient / ill-conditioned ones (``benchmarks/results/shampoo_4bit.md``).
+      Not with ``power_iterations > 1``.
+    - ``"roots"`` (the default before 2026-12): the statistics are exactly those of fp32 Shampoo (stored in
+      float32); at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
       full-precision eigenvalues ``(w + eps w_max)^(-p)`` ``(num_blocks, b)`` and 4-bit eigenvectors ``V``; every step
       uses ``V~ diag(.) V~^T`` with ``V~`` the rectified dequantized ``V``. Updates equal fp32 Shampoo's up to the
-      eigenvector quantization error (a few percent per step); the fp32 ``(b, b)`` root is replaced by ``~b^2 / 2``
-      bytes, so the preconditioner state is a bit more than half of fp32 Shampoo's.
+      eigenvector quantization error (as ``"eigenbasis"``); the preconditioner state is ~0.6x of fp32 Shampoo's.
     - ``"eigenvalue_tracking"`` (smallest state, about 1/7 of fp32): the *statistics* themselves are held as
       full-precision eigenvalues and 4-bit eigenvectors. At refresh steps (paper's Algorithm 3) the statistic
       ``beta2 V Lambda V^T + c G G^T`` is formed and re-decomposed; in between, the gradient enters only through its
@@ -379,7 +394,7 @@ def scale_by_shampoo(
         max_preconditioner_dim: leaves with a larger block dim use the diagonal fallback.
         power_iterations: New-Perspective levels (1 = Shampoo).
         quantize_eigenvectors: 4-bit eigenvector state.
-        four_bit_mode: ``"roots"`` (default) or ``"eigenvalue_tracking"``; see **4-bit** above.
+        four_bit_mode: ``"eigenbasis"`` (default), ``"roots"`` or ``"eigenvalue_tracking"``; see **4-bit** above.
         quant_block_size: quantization chunk length along each eigenvector.
         bjorck_iters: Björck steps after dequantization.
         newton_iters: maximal coupled-Newton iterations.
