@@ -93,8 +93,8 @@ class ShampooState(NamedTuple):
             statistic in its 4-bit eigenbasis, see :func:`jaxsciml.optim._quant.pack_symmetric`).
         roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode).
         eigvals: 4-bit mode only, per leaf, per mode, ``(num_blocks, b_i)``: the root's eigenvalues
-            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="eigenbasis"`` / ``"roots"``) or the statistics' eigenvalues
-            (``"eigenvalue_tracking"``).
+            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="eigenbasis"`` / ``"roots"``) or the statistics'
+            eigenvalues (``"eigenvalue_tracking"``).
         eigvecs: 4-bit mode only: per leaf, per mode: the 4-bit eigenvectors (:class:`QuantizedMatrix`).
         graft: per leaf: diagonal second-moment accumulator of the graft / diagonal method (or an empty array).
         mu: per leaf: first moment (or an empty array when ``beta1 == 0``).
