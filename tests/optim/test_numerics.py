@@ -129,7 +129,8 @@ def _rel_step_diffs(kw4, steps=12, every=3):
 
 def test_four_bit_roots_schedule_tracks_fp32_shampoo():
     """4-bit mode "roots" (the default before 2026-12; its old chunk size 64): the same statistics and refresh
-    interval as fp32 Shampoo, with the roots' eigenvectors held in 4 bits. Refresh steps (1, 4, 7, 10) use the exact eigenvectors: equal to fp32 Shampoo up to
+    interval as fp32 Shampoo, with the roots' eigenvectors held in 4 bits.
+    Refresh steps (1, 4, 7, 10) use the exact eigenvectors: equal to fp32 Shampoo up to
     float32 round-off; once the statistics have full rank (from step 4) every step is within a few percent (measured
     2.5-4%). Steps 2-3 use the root of a rank-deficient statistic, whose damped null space (eigenvalues eps lambda_max)
     amplifies eigenvector quantization error by up to eps^(-1/4): ~8% there. The eigenvalue-tracking variant is a
