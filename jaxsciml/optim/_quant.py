@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, UInt8
@@ -131,3 +132,31 @@ def unpack_symmetric(diag: Float[Array, "N d"], off: Array) -> Float[Array, "N d
     vals = off.astype(diag.dtype) * _diag_scale(diag)[:, None]
     up = jnp.zeros((n, d, d), diag.dtype).at[:, iu[0], iu[1]].set(vals)
     return up + jnp.swapaxes(up, -1, -2) + diag[:, :, None] * jnp.eye(d, dtype=diag.dtype)
+
+
+_FP8 = jnp.float8_e4m3fn
+_FP8_MAX = 448.0
+
+
+def pack_offdiag_fp8(c: Float[Array, "N d d"]) -> tuple[UInt8[Array, "N t"], Float[Array, " N"]]:
+    """Strict upper triangle of a stack of symmetric matrices as 8-bit floats (float8 e4m3, stored as their
+    ``uint8`` bit patterns), scaled per matrix so that the largest magnitude maps to float8's largest value 448;
+    returns ``(bits (N, d (d - 1) / 2), scale (N,))``. Each entry keeps a relative accuracy of ``2^-4`` (down to
+    ``2^-6 / 448`` of the largest entry, subnormals below)."""
+    d = c.shape[-1]
+    iu = np.triu_indices(d, 1)
+    off = (0.5 * (c + jnp.swapaxes(c, -1, -2)))[..., iu[0], iu[1]]
+    top = jnp.max(jnp.abs(off), axis=-1) if off.shape[-1] else jnp.zeros(c.shape[:1], c.dtype)
+    scale = jnp.where(top > 0, top / _FP8_MAX, 1.0)
+    q = (off / scale[:, None]).astype(_FP8)
+    return jax.lax.bitcast_convert_type(q, jnp.uint8), scale
+
+
+def unpack_offdiag_fp8(bits: UInt8[Array, "N t"], scale: Float[Array, " N"], d: int) -> Float[Array, "N d d"]:
+    """Inverse of :func:`pack_offdiag_fp8`: symmetric ``(N, d, d)`` matrices with a zero diagonal, in ``scale``'s
+    dtype."""
+    n = bits.shape[0]
+    iu = np.triu_indices(d, 1)
+    vals = jax.lax.bitcast_convert_type(bits, _FP8).astype(scale.dtype) * scale[:, None]
+    up = jnp.zeros((n, d, d), scale.dtype).at[:, iu[0], iu[1]].set(vals)
+    return up + jnp.swapaxes(up, -1, -2)

@@ -38,7 +38,16 @@ from ._blocking import (
     to_blocks,
     valid_block_dims,
 )
-from ._quant import QuantizedMatrix, bjorck, dequantize, pack_symmetric, quantize, unpack_symmetric
+from ._quant import (
+    QuantizedMatrix,
+    bjorck,
+    dequantize,
+    pack_offdiag_fp8,
+    pack_symmetric,
+    quantize,
+    unpack_offdiag_fp8,
+    unpack_symmetric,
+)
 from ._roots import (
     eigh_inverse_root,
     eigh_psd,
@@ -91,10 +100,12 @@ class ShampooState(NamedTuple):
             ``four_bit_mode="eigenvalue_tracking"``; with ``"eigenbasis"`` one level of pairs ``(diagonal
             (num_blocks, b_i), scaled float16 off-diagonal upper triangle (num_blocks, b_i (b_i - 1) / 2))`` of the
             statistic in its 4-bit eigenbasis, see :func:`jaxsciml.optim._quant.pack_symmetric`).
-        roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode).
+        roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode, except
+            ``"eigenbasis"``: the root's off-diagonal in the 4-bit basis as ``(float8 bits (num_blocks,
+            b_i (b_i - 1) / 2) uint8, scale (num_blocks,))``, see :func:`jaxsciml.optim._quant.pack_offdiag_fp8`).
         eigvals: 4-bit mode only, per leaf, per mode, ``(num_blocks, b_i)``: the root's eigenvalues
-            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="eigenbasis"`` / ``"roots"``) or the statistics'
-            eigenvalues (``"eigenvalue_tracking"``).
+            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="roots"``), the diagonal of the root in the 4-bit
+            basis (``"eigenbasis"``) or the statistics' eigenvalues (``"eigenvalue_tracking"``).
         eigvecs: 4-bit mode only: per leaf, per mode: the 4-bit eigenvectors (:class:`QuantizedMatrix`).
         graft: per leaf: diagonal second-moment accumulator of the graft / diagonal method (or an empty array).
         mu: per leaf: first moment (or an empty array when ``beta1 == 0``).
@@ -318,19 +329,22 @@ def scale_by_shampoo(
     entries); after dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Three schedules
     (``four_bit_mode``):
 
-    - ``"eigenbasis"`` (default since 2026-12; preconditioner state about 0.2x fp32 Shampoo's for blocks of 32 to 128):
-      each statistic is held in its own 4-bit eigenbasis ``V~`` (the rectified dequantized eigenvectors),
-      ``S = V~ M V~^T``, with ``M``'s diagonal in float32 and its off-diagonal upper triangle, scaled by ``M``'s
-      largest diagonal entry, in float16 (floating point: each entry keeps its relative accuracy); every step
-      ``M <- beta2 M + c V~^T G G^T V~``. The root (Wang et al.: 4-bit eigenvectors, full-precision eigenvalues)
-      shares the basis: at each refresh ``M = Q diag(w) Q^T``, the exact eigenvectors ``V~ Q`` are quantized and
-      rectified (``V~'``), ``M`` is rotated into the new basis, ``M' = (V~'^T V~) M (V~^T V~')`` -- so the basis'
-      quantization error stays in ``M'``'s off-diagonal instead of being lost at every refresh -- and the root's
-      eigenvalues ``(w + eps w_max)^(-p)`` are kept in float32; every step uses ``V~ diag(.) V~^T``. Same schedule
-      and statistics as fp32 Shampoo up to rounding; updates differ from it by the 4-bit eigenvector error, which
-      the root amplifies where the statistic is ill-conditioned: ~2-3% per step on a full-rank statistic, 10-40%
-      with ``epsilon = 1e-6`` on rank-deficient / ill-conditioned ones (``benchmarks/results/shampoo_4bit.md``).
-      Not with ``power_iterations > 1``.
+    - ``"eigenbasis"`` (default since 2026-12; preconditioner state 0.21-0.28x fp32 Shampoo's): each statistic is
+      held in its own 4-bit eigenbasis ``V~`` (the rectified dequantized eigenvectors), ``S = V~ M V~^T``, with
+      ``M``'s diagonal in float32 and its off-diagonal upper triangle, scaled by ``M``'s largest diagonal entry, in
+      float16 (floating point: each entry keeps its relative accuracy); every step
+      ``M <- beta2 M + c V~^T G G^T V~``. The root shares the basis. At each refresh ``M = Q diag(w) Q^T``; the exact
+      eigenvectors ``V~ Q`` are quantized and rectified (``V~'``); ``M`` is rotated into the new basis,
+      ``M' = (V~'^T V~) M (V~^T V~')``, so the basis' quantization error stays in ``M'`` instead of being lost at
+      every refresh; and the root in the new basis, ``C = P diag((w + eps w_max)^(-p)) P^T`` with
+      ``P = V~'^T V~ Q`` (nearly the identity), is stored as its float32 diagonal and its off-diagonal upper triangle
+      in float8 (e4m3, scaled per matrix; 1 byte per pair). Every step uses ``V~ C V~^T``. Keeping ``C``'s
+      off-diagonal is what makes this accurate: with ``V~ diag(.) V~^T`` alone (Wang et al.; ``"roots"``), the
+      eigenvector error is amplified by up to ``epsilon^(-1/4)`` in the damped directions of an ill-conditioned
+      statistic (13-26% per-step update error on the peer tasks at ``epsilon = 1e-6``); with ``C`` it is the float8
+      rounding of a small correction (measured 0.1-0.3% on a synthetic block, see
+      ``benchmarks/results/shampoo_4bit.md`` for the peer tasks). Same schedule and statistics as fp32 Shampoo up
+      to rounding. Not with ``power_iterations > 1``.
     - ``"roots"`` (the default before 2026-12): the statistics are exactly those of fp32 Shampoo (stored in
       float32); at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
       full-precision eigenvalues ``(w + eps w_max)^(-p)`` ``(num_blocks, b)`` and 4-bit eigenvectors ``V``; every step
@@ -481,7 +495,7 @@ def scale_by_shampoo(
                     eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
                 elif eigenbasis:
                     stats.append((tuple(pack_symmetric(z) for z in zeros),))
-                    roots.append(())
+                    roots.append(tuple(pack_offdiag_fp8(z) for z in zeros))
                     eigvals.append(tuple(jnp.ones((nb, b), dt) for b in plan.block))
                     eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
                 elif quant_roots:
@@ -591,15 +605,16 @@ def scale_by_shampoo(
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
         return _tt(lam_new), _tt(q_new), _tt(v_now), failed
 
-    def refresh_eigenbasis(mats, eigvals, eigvecs, vs, plans, sel=None):
+    def refresh_eigenbasis(mats, eigvals, roots, eigvecs, vs, plans, sel=None):
         """``four_bit_mode="eigenbasis"`` refresh of every block (or those in ``sel``, see :func:`refresh_fp`).
 
         ``mats`` holds each statistic ``S = V~ M V~^T`` in its current rectified 4-bit basis ``V~`` (``vs``). With
         ``M = Q diag(w) Q^T`` the exact eigenbasis of ``S`` is ``V~ Q``; it is quantized to 4 bits, rectified
         (``V~'``), and ``M`` is rotated into the new basis, ``M' = (V~'^T V~) M (V~^T V~')``, so the quantization
-        error of the basis is kept in ``M'``'s off-diagonal, not lost. The root's eigenvalues ``(w + eps w_max)^(-p)``
-        are kept in full precision. -> (mats, eigvals, eigvecs, eigenvectors to use now, number of failed blocks);
-        the refresh step itself uses the exact eigenvectors ``V~ Q``."""
+        error of the basis is kept in ``M'``'s off-diagonal, not lost. The root in the new basis,
+        ``C = P diag((w + eps w_max)^(-p)) P^T`` with ``P = V~'^T V~ Q``, is kept as its diagonal (``eigvals``) and
+        its float8 off-diagonal (``roots``). -> (mats, eigvals, roots, eigvecs, new bases ``V~'``, number of failed
+        blocks); a failed block keeps its previous basis, root and (unrotated) statistic."""
         items, where = [], []
         for li, plan in enumerate(plans):
             if plan.kind != "block":
@@ -613,6 +628,7 @@ def scale_by_shampoo(
                 where.append((li, m, exponent_of(plan), idx, plan.block[m]))
         mats_new = [list(x) for x in mats]
         lam_new = [list(x) for x in eigvals]
+        off_new = [list(x) for x in roots]
         q_new = [list(x) for x in eigvecs]
         v_now = [list(x) for x in vs]
         failed = jnp.zeros((), jnp.int32)
@@ -634,17 +650,26 @@ def scale_by_shampoo(
             lmax = jnp.max(w, axis=-1)
             ok = jnp.isfinite(lmax) & (lmax > 0) & jnp.all(jnp.isfinite(v_exact), axis=(-2, -1))
             inv = (w + (epsilon * jnp.where(ok, lmax, 1.0))[:, None]) ** (-p)
-            ok = ok & jnp.all(jnp.isfinite(inv), axis=-1) & jnp.all(jnp.isfinite(m_rot), axis=(-2, -1))
+            rq = rot @ q  # the exact eigenvectors in the new 4-bit basis: root = V~' (rq f rq^T) V~'^T
+            core = (rq * inv[:, None, :]) @ jnp.swapaxes(rq, -1, -2)
+            ok = ok & jnp.all(jnp.isfinite(core), axis=(-2, -1)) & jnp.all(jnp.isfinite(m_rot), axis=(-2, -1))
             old = eigvecs[li][m]
             mats_new[li][m] = put(mats[li][m], idx, safe_update(m_rot, ok, a))
-            lam_new[li][m] = put(eigvals[li][m], idx, safe_update(inv, ok, take(eigvals[li][m], idx)))
+            cdiag = jnp.diagonal(core, axis1=-2, axis2=-1)
+            lam_new[li][m] = put(eigvals[li][m], idx, safe_update(cdiag, ok, take(eigvals[li][m], idx)))
+            bits, scale = pack_offdiag_fp8(core)
+            ob, osc = roots[li][m]
+            off_new[li][m] = (
+                put(ob, idx, safe_update(bits, ok, take(ob, idx))),
+                put(osc, idx, safe_update(scale, ok, take(osc, idx))),
+            )
             q_new[li][m] = QuantizedMatrix(
                 put(old.codes, idx, safe_update(qq.codes, ok, take(old.codes, idx))),
                 put(old.scales, idx, safe_update(qq.scales, ok, take(old.scales, idx))),
             )
-            v_now[li][m] = put(vs[li][m], idx, safe_update(v_exact, ok, v_old))
+            v_now[li][m] = put(vs[li][m], idx, safe_update(v_t, ok, v_old))
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
-        return _tt(mats_new), _tt(lam_new), _tt(q_new), _tt(v_now), failed
+        return _tt(mats_new), _tt(lam_new), _tt(off_new), _tt(q_new), _tt(v_now), failed
 
     def rectified(eigvecs, eigvals, plans):
         """Dequantized eigenvectors after ``bjorck_iters`` Björck steps, per leaf, per mode."""
@@ -782,17 +807,22 @@ def scale_by_shampoo(
                 for li, plan in enumerate(plans)
             )
             nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(mats))
-            mats, new_vals, new_vecs, vs, failed = scheduled(
+            mats, new_vals, new_roots, new_vecs, vs, failed = scheduled(
                 t,
                 finite,
                 plans,
-                lambda sel: lambda a, lam, q, v: refresh_eigenbasis(a, lam, q, v, plans, sel),
-                lambda a, lam, q, v: (a, lam, q, v, zero),
-                (mats, state.eigvals, state.eigvecs, vs),
+                lambda sel: lambda a, lam, r, q, v: refresh_eigenbasis(a, lam, r, q, v, plans, sel),
+                lambda a, lam, r, q, v: (a, lam, r, q, v, zero),
+                (mats, state.eigvals, state.roots, state.eigvecs, vs),
             )
             new_stats = tuple((tuple(pack_symmetric(a) for a in ms),) if ms else () for ms in mats)
             use_roots = [
-                tuple((v * inv[:, None, :]) @ jnp.swapaxes(v, -1, -2) for v, inv in zip(vs[li], new_vals[li]))
+                tuple(
+                    v
+                    @ (unpack_offdiag_fp8(*off, v.shape[-1]) + lam[:, :, None] * jnp.eye(v.shape[-1], dtype=v.dtype))
+                    @ jnp.swapaxes(v, -1, -2)
+                    for v, lam, off in zip(vs[li], new_vals[li], new_roots[li])
+                )
                 if plan.kind == "block"
                 else ()
                 for li, plan in enumerate(plans)

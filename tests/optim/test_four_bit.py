@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from jaxsciml.optim import memory_breakdown, scale_by_shampoo, shampoo
-from jaxsciml.optim._quant import bjorck, dequantize, pack_symmetric, quantize, unpack_symmetric
+from jaxsciml.optim._quant import (
+    bjorck,
+    dequantize,
+    pack_offdiag_fp8,
+    pack_symmetric,
+    quantize,
+    unpack_offdiag_fp8,
+    unpack_symmetric,
+)
 
 
 def _few_matrices():
@@ -21,9 +29,10 @@ def _few_matrices():
 
 
 def test_preconditioner_bytes_at_most_0p3_of_fp32():
-    """Statistics + roots of the default 4-bit mode: <= 0.3x fp32 Shampoo's bytes (0.22x here: 4-bit codes and float32
-    scales per 32 entries for the eigenvectors, a float16 (scaled) off-diagonal upper triangle + float32 diagonal for
-    the statistic in its eigenbasis, float32 eigenvalues of the root); the "roots" mode keeps fp32 statistics."""
+    """Statistics + roots of the default 4-bit mode: <= 0.3x fp32 Shampoo's bytes (0.28x here: eigenvectors as 4-bit
+    codes with float32 scales per 32 entries; the statistic in that basis as a float32 diagonal + float16 (scaled)
+    off-diagonal upper triangle; the root in that basis as a float32 diagonal + float8 (scaled) off-diagonal upper
+    triangle); the "roots" mode keeps fp32 statistics (> 0.5x)."""
     params = _few_matrices()
 
     def breakdown(**kw):  # shapes and dtypes of the initial state are all that is counted
@@ -33,7 +42,8 @@ def test_preconditioner_bytes_at_most_0p3_of_fp32():
     old = breakdown(quantize_eigenvectors=True, four_bit_mode="roots")
     assert new["preconditioner"] <= 0.3 * ref["preconditioner"], (new, ref)
     assert old["preconditioner"] > 0.5 * ref["preconditioner"]
-    assert new["roots"] == 0 and new["first_order"] == ref["first_order"]
+    assert new["first_order"] == ref["first_order"]
+    assert new["roots"] < 0.55 * new["stats"]  # 1 byte vs 2 bytes per off-diagonal pair
     # the state really has the packed dtypes (nothing full-size hides in it)
     state = jax.eval_shape(shampoo(1e-3, quantize_eigenvectors=True).init, params)
     dtypes = {x.dtype for x in jax.tree_util.tree_leaves(state)}
@@ -65,6 +75,19 @@ def test_pack_symmetric_roundtrip():
     np.testing.assert_allclose(back, m, rtol=1e-3)  # float16: relative rounding 2^-11 of each scaled entry
 
 
+def test_pack_offdiag_fp8_roundtrip():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(3, 9, 9)).astype(np.float32)
+    m = jnp.asarray(a + np.swapaxes(a, -1, -2))
+    bits, scale = pack_offdiag_fp8(m)
+    assert bits.dtype == jnp.uint8 and bits.shape == (3, 36) and scale.shape == (3,)
+    back = np.asarray(unpack_offdiag_fp8(bits, scale, 9))
+    off = np.asarray(m) * (1 - np.eye(9))
+    assert np.all(np.diagonal(back, axis1=1, axis2=2) == 0)
+    big = np.abs(off) > 0.05 * np.abs(off).max()
+    np.testing.assert_allclose(back[big], off[big], rtol=2**-4)  # float8 e4m3: 3 mantissa bits
+
+
 def _updates(opt, grads):
     state = opt.init(grads[0])
     upd = jax.jit(opt.update)
@@ -77,11 +100,10 @@ def _updates(opt, grads):
 
 def test_updates_agree_with_fp32_shampoo():
     """Same gradients into fp32 and default 4-bit Shampoo (one (40, 32) block, refresh every 4 steps, RMSprop graft,
-    epsilon 1e-6): per-step relative update difference ``||u_4 - u_32|| / ||u_32||``. Measured: 6e-4 on refresh
-    steps (exact eigenvectors there), 2.1-3.3% on the other steps once the statistics have full rank (step >= 5),
-    10% on steps 2-4, where the rank-deficient statistic's damped null space (eigenvalues epsilon lambda_max)
-    amplifies the 4-bit eigenvector error by up to epsilon^(-1/4). Asserted: median <= 3%, steps >= 5 <= 4%, all
-    <= 12%."""
+    epsilon 1e-6): per-step relative update difference ``||u_4 - u_32|| / ||u_32||``. Measured: 1.8% at step 1,
+    0.13-0.33% afterwards (the root is kept exactly in the 4-bit basis up to float8 rounding of its off-diagonal, so
+    the 4-bit eigenvector error is not amplified by the damped small eigenvalues; "roots" mode differs by 2-10% here).
+    Asserted: median <= 0.6%, all <= 3%."""
     rng = np.random.default_rng(2)
     grads = [jnp.asarray(rng.normal(size=(40, 32)) * np.linspace(0.1, 3.0, 32), jnp.float32) for _ in range(20)]
     kw = dict(block_size=64, beta1=0.0, beta2=0.99, precondition_every=4, graft="rmsprop", epsilon=1e-6)
@@ -89,7 +111,7 @@ def test_updates_agree_with_fp32_shampoo():
     a, _ = _updates(scale_by_shampoo(**kw), grads)
     b, s4 = _updates(scale_by_shampoo(quantize_eigenvectors=True, **kw), grads)
     d = np.array([float(jnp.linalg.norm(x - y) / jnp.linalg.norm(x)) for x, y in zip(a, b)])
-    assert np.median(d) <= 0.03 and d[4:].max() <= 0.04 and d.max() <= 0.12, d
+    assert np.median(d) <= 0.006 and d.max() <= 0.03, d
     assert int(s4.root_fallbacks) == 0 and int(s4.nonfinite_statistics) == 0
 
 
