@@ -2,8 +2,8 @@
 
 - :func:`shampoo` / :func:`scale_by_shampoo`: blocked Kronecker-factored preconditioning with grafting, momentum,
   decoupled weight decay, eigh or coupled-Newton roots (batched over blocks, optionally spread over a device mesh),
-  4-bit eigenvector state (``quantize_eigenvectors=True``; ``four_bit_mode="roots"`` or ``"eigenvalue_tracking"``)
-  and New-Perspective power iterations;
+  4-bit eigenvector state (``quantize_eigenvectors=True``; ``four_bit_mode="eigenbasis"``, ``"roots"`` or
+  ``"eigenvalue_tracking"``) and New-Perspective power iterations;
 - :func:`soap` / :func:`scale_by_soap`: eigenvalue-corrected Shampoo (Adam in the Kronecker eigenbasis);
 - :func:`state_memory_bytes`, :func:`memory_breakdown`, :func:`preconditioner_memory_bytes`: optimizer-state memory;
 - :func:`health`: summed ``root_fallbacks`` / ``nonfinite_statistics`` counters of every Shampoo/SOAP state in any

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, UInt8
@@ -97,3 +98,65 @@ def quantized_nbytes(d: int, block: int = 64) -> int:
     c = chunk_size(d, block)
     length = -(-d // c) * c
     return d * length // 2 + 4 * d * (length // c)
+
+
+def offdiag_dtype(dtype) -> jnp.dtype:
+    """Storage dtype of the (scaled) off-diagonal part of a statistic in its eigenbasis: float16 for float32 (and
+    lower) computations, float32 for float64 ones."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float16)
+
+
+def _diag_scale(diag: Array) -> Array:
+    top = jnp.max(jnp.abs(diag), axis=-1)
+    return jnp.where(top > 0, top, 1.0)
+
+
+def pack_symmetric(m: Float[Array, "N d d"]) -> tuple[Float[Array, "N d"], Array]:
+    """Split a stack of symmetric matrices into its diagonal (kept in ``m``'s dtype) and its strict upper triangle
+    ``(N, d (d - 1) / 2)`` divided by the largest diagonal entry of its matrix (so that it lies in ``[-1, 1]`` for a
+    PSD matrix) and rounded to :func:`offdiag_dtype`: a floating format, so every entry keeps its relative accuracy
+    (``2^-11`` for float16) down to ``6e-5`` of the largest diagonal entry (float16 subnormals below). The scale is
+    not stored: it is recomputed from the exact diagonal."""
+    d = m.shape[-1]
+    iu = np.triu_indices(d, 1)
+    sym = 0.5 * (m + jnp.swapaxes(m, -1, -2))
+    diag = jnp.diagonal(m, axis1=-2, axis2=-1)
+    off = sym[..., iu[0], iu[1]] / _diag_scale(diag)[:, None]
+    return diag, off.astype(offdiag_dtype(m.dtype))
+
+
+def unpack_symmetric(diag: Float[Array, "N d"], off: Array) -> Float[Array, "N d d"]:
+    """Inverse of :func:`pack_symmetric`: the ``(N, d, d)`` symmetric matrices in ``diag``'s dtype."""
+    n, d = diag.shape
+    iu = np.triu_indices(d, 1)
+    vals = off.astype(diag.dtype) * _diag_scale(diag)[:, None]
+    up = jnp.zeros((n, d, d), diag.dtype).at[:, iu[0], iu[1]].set(vals)
+    return up + jnp.swapaxes(up, -1, -2) + diag[:, :, None] * jnp.eye(d, dtype=diag.dtype)
+
+
+_FP8 = jnp.float8_e4m3fn
+_FP8_MAX = 448.0
+
+
+def pack_offdiag_fp8(c: Float[Array, "N d d"]) -> tuple[UInt8[Array, "N t"], Float[Array, " N"]]:
+    """Strict upper triangle of a stack of symmetric matrices as 8-bit floats (float8 e4m3, stored as their
+    ``uint8`` bit patterns), scaled per matrix so that the largest magnitude maps to float8's largest value 448;
+    returns ``(bits (N, d (d - 1) / 2), scale (N,))``. Each entry keeps a relative accuracy of ``2^-4`` (down to
+    ``2^-6 / 448`` of the largest entry, subnormals below)."""
+    d = c.shape[-1]
+    iu = np.triu_indices(d, 1)
+    off = (0.5 * (c + jnp.swapaxes(c, -1, -2)))[..., iu[0], iu[1]]
+    top = jnp.max(jnp.abs(off), axis=-1) if off.shape[-1] else jnp.zeros(c.shape[:1], c.dtype)
+    scale = jnp.where(top > 0, top / _FP8_MAX, 1.0)
+    q = (off / scale[:, None]).astype(_FP8)
+    return jax.lax.bitcast_convert_type(q, jnp.uint8), scale
+
+
+def unpack_offdiag_fp8(bits: UInt8[Array, "N t"], scale: Float[Array, " N"], d: int) -> Float[Array, "N d d"]:
+    """Inverse of :func:`pack_offdiag_fp8`: symmetric ``(N, d, d)`` matrices with a zero diagonal, in ``scale``'s
+    dtype."""
+    n = bits.shape[0]
+    iu = np.triu_indices(d, 1)
+    vals = jax.lax.bitcast_convert_type(bits, _FP8).astype(scale.dtype) * scale[:, None]
+    up = jnp.zeros((n, d, d), scale.dtype).at[:, iu[0], iu[1]].set(vals)
+    return up + jnp.swapaxes(up, -1, -2)

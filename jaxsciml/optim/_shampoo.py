@@ -38,7 +38,16 @@ from ._blocking import (
     to_blocks,
     valid_block_dims,
 )
-from ._quant import QuantizedMatrix, bjorck, dequantize, quantize
+from ._quant import (
+    QuantizedMatrix,
+    bjorck,
+    dequantize,
+    pack_offdiag_fp8,
+    pack_symmetric,
+    quantize,
+    unpack_offdiag_fp8,
+    unpack_symmetric,
+)
 from ._roots import (
     eigh_inverse_root,
     eigh_psd,
@@ -88,11 +97,15 @@ class ShampooState(NamedTuple):
         nonfinite_statistics: cumulative number of steps after which some statistic held inf/NaN (e.g. overflow by a
             huge but finite gradient), int32.
         stats: per leaf, per power-iteration level, per mode: statistics ``(num_blocks, b_i, b_i)`` (empty with
-            ``four_bit_mode="eigenvalue_tracking"``).
-        roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode).
+            ``four_bit_mode="eigenvalue_tracking"``; with ``"eigenbasis"`` one level of pairs ``(diagonal
+            (num_blocks, b_i), scaled float16 off-diagonal upper triangle (num_blocks, b_i (b_i - 1) / 2))`` of the
+            statistic in its 4-bit eigenbasis, see :func:`jaxsciml.optim._quant.pack_symmetric`).
+        roots: per leaf, per mode: inverse roots ``(num_blocks, b_i, b_i)`` (empty in 4-bit mode, except
+            ``"eigenbasis"``: the root's off-diagonal in the 4-bit basis as ``(float8 bits (num_blocks,
+            b_i (b_i - 1) / 2) uint8, scale (num_blocks,))``, see :func:`jaxsciml.optim._quant.pack_offdiag_fp8`).
         eigvals: 4-bit mode only, per leaf, per mode, ``(num_blocks, b_i)``: the root's eigenvalues
-            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="roots"``) or the statistics' eigenvalues
-            (``"eigenvalue_tracking"``).
+            ``(lambda + eps lambda_max)^(-p)`` (``four_bit_mode="roots"``), the diagonal of the root in the 4-bit
+            basis (``"eigenbasis"``) or the statistics' eigenvalues (``"eigenvalue_tracking"``).
         eigvecs: 4-bit mode only: per leaf, per mode: the 4-bit eigenvectors (:class:`QuantizedMatrix`).
         graft: per leaf: diagonal second-moment accumulator of the graft / diagonal method (or an empty array).
         mu: per leaf: first moment (or an empty array when ``beta1 == 0``).
@@ -110,7 +123,7 @@ class ShampooState(NamedTuple):
     mu: tuple
 
 
-FOUR_BIT_MODES = ("roots", "eigenvalue_tracking")
+FOUR_BIT_MODES = ("eigenbasis", "roots", "eigenvalue_tracking")
 
 PER_LEAF_FIELDS = ("stats", "roots", "eigvals", "eigvecs", "graft", "mu")
 
@@ -154,7 +167,7 @@ def _check_common(
     quant_block_size,
     bjorck_iters,
     newton_iters,
-    four_bit_mode="roots",
+    four_bit_mode="eigenbasis",
 ):
     block_size = C.static_int("block_size", block_size, allow_none=True)
     precondition_every = C.static_int("precondition_every", precondition_every)
@@ -182,10 +195,10 @@ def _check_common(
     if quantize_eigenvectors and root_method != "eigh":
         raise ValueError("`quantize_eigenvectors=True` requires root_method='eigh' (it stores eigenvectors).")
     four_bit_mode = C.choice("four_bit_mode", four_bit_mode, FOUR_BIT_MODES)
-    if quantize_eigenvectors and power_iterations != 1 and four_bit_mode == "eigenvalue_tracking":
+    if quantize_eigenvectors and power_iterations != 1 and four_bit_mode != "roots":
         raise ValueError(
             "`power_iterations > 1` is not supported together with `quantize_eigenvectors=True` and "
-            "four_bit_mode='eigenvalue_tracking'."
+            f"four_bit_mode={four_bit_mode!r} (use four_bit_mode='roots')."
         )
     return (
         block_size,
@@ -271,12 +284,12 @@ def scale_by_shampoo(
     max_preconditioner_dim: int | None = None,
     power_iterations: int = 1,
     quantize_eigenvectors: bool = False,
-    quant_block_size: int = 64,
-    bjorck_iters: int = 1,
+    quant_block_size: int = 32,
+    bjorck_iters: int = 2,
     newton_iters: int = 100,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
-    four_bit_mode: str = "roots",
+    four_bit_mode: str = "eigenbasis",
     stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     r"""Shampoo preconditioning (without learning rate), as an ``optax.GradientTransformation``.
@@ -312,15 +325,31 @@ def scale_by_shampoo(
     and ``count`` are unchanged, ``skipped`` is incremented and the returned update is zero.
 
     **4-bit** (``quantize_eigenvectors=True``; Wang et al. 2024). Eigenvector matrices are stored with 4-bit
-    Linear-2 codes (:mod:`jaxsciml.optim._quant`, per-chunk scales over ``quant_block_size`` entries); after
-    dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Two schedules (``four_bit_mode``):
+    Linear-2 codes, two per byte (:mod:`jaxsciml.optim._quant`, float32 per-chunk scales over ``quant_block_size``
+    entries); after dequantization ``bjorck_iters`` Björck steps re-orthogonalise them. Three schedules
+    (``four_bit_mode``):
 
-    - ``"roots"`` (default; the paper's use of quantization on fp32 Shampoo's schedule): the statistics are exactly
-      those of fp32 Shampoo; at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
+    - ``"eigenbasis"`` (default since 2026-12; preconditioner state 0.21-0.28x fp32 Shampoo's): each statistic is
+      held in its own 4-bit eigenbasis ``V~`` (the rectified dequantized eigenvectors), ``S = V~ M V~^T``, with
+      ``M``'s diagonal in float32 and its off-diagonal upper triangle, scaled by ``M``'s largest diagonal entry, in
+      float16 (floating point: each entry keeps its relative accuracy); every step
+      ``M <- beta2 M + c V~^T G G^T V~``. The root shares the basis. At each refresh ``M = Q diag(w) Q^T``; the exact
+      eigenvectors ``V~ Q`` are quantized and rectified (``V~'``); ``M`` is rotated into the new basis,
+      ``M' = (V~'^T V~) M (V~^T V~')``, so the basis' quantization error stays in ``M'`` instead of being lost at
+      every refresh; and the root in the new basis, ``C = P diag((w + eps w_max)^(-p)) P^T`` with
+      ``P = V~'^T V~ Q`` (nearly the identity), is stored as its float32 diagonal and its off-diagonal upper triangle
+      in float8 (e4m3, scaled per matrix; 1 byte per pair). Every step uses ``V~ C V~^T``. Keeping ``C``'s
+      off-diagonal is what makes this accurate: with ``V~ diag(.) V~^T`` alone (Wang et al.; ``"roots"``), the
+      eigenvector error is amplified by up to ``epsilon^(-1/4)`` in the damped directions of an ill-conditioned
+      statistic (13-26% per-step update error on the peer tasks at ``epsilon = 1e-6``); with ``C`` it is the float8
+      rounding of a small correction (measured 0.1-0.3% on a synthetic block, see
+      ``benchmarks/results/shampoo_4bit.md`` for the peer tasks). Same schedule and statistics as fp32 Shampoo up
+      to rounding. Not with ``power_iterations > 1``.
+    - ``"roots"`` (the default before 2026-12): the statistics are exactly those of fp32 Shampoo (stored in
+      float32); at each refresh ``S = V diag(w) V^T`` is decomposed and the root is stored as its
       full-precision eigenvalues ``(w + eps w_max)^(-p)`` ``(num_blocks, b)`` and 4-bit eigenvectors ``V``; every step
       uses ``V~ diag(.) V~^T`` with ``V~`` the rectified dequantized ``V``. Updates equal fp32 Shampoo's up to the
-      eigenvector quantization error (a few percent per step); the fp32 ``(b, b)`` root is replaced by ``~b^2 / 2``
-      bytes, so the preconditioner state is a bit more than half of fp32 Shampoo's.
+      eigenvector quantization error (as ``"eigenbasis"``); the preconditioner state is ~0.6x of fp32 Shampoo's.
     - ``"eigenvalue_tracking"`` (smallest state, about 1/7 of fp32): the *statistics* themselves are held as
       full-precision eigenvalues and 4-bit eigenvectors. At refresh steps (paper's Algorithm 3) the statistic
       ``beta2 V Lambda V^T + c G G^T`` is formed and re-decomposed; in between, the gradient enters only through its
@@ -379,7 +408,7 @@ def scale_by_shampoo(
         max_preconditioner_dim: leaves with a larger block dim use the diagonal fallback.
         power_iterations: New-Perspective levels (1 = Shampoo).
         quantize_eigenvectors: 4-bit eigenvector state.
-        four_bit_mode: ``"roots"`` (default) or ``"eigenvalue_tracking"``; see **4-bit** above.
+        four_bit_mode: ``"eigenbasis"`` (default), ``"roots"`` or ``"eigenvalue_tracking"``; see **4-bit** above.
         quant_block_size: quantization chunk length along each eigenvector.
         bjorck_iters: Björck steps after dequantization.
         newton_iters: maximal coupled-Newton iterations.
@@ -435,7 +464,8 @@ def scale_by_shampoo(
         raise ValueError(f"`mesh_axis` {mesh_axis!r} is not an axis of the mesh {mesh.axis_names}.")
     quant = bool(quantize_eigenvectors)
     tracking = quant and four_bit_mode == "eigenvalue_tracking"  # statistics held as 4-bit eigendecompositions
-    quant_roots = quant and not tracking  # fp32 statistics, roots held as fp32 eigenvalues + 4-bit eigenvectors
+    eigenbasis = quant and four_bit_mode == "eigenbasis"  # statistics held in their 4-bit eigenbasis
+    quant_roots = quant and four_bit_mode == "roots"  # fp32 statistics, roots held as fp32 eigenvalues + 4-bit eigvecs
     platform = target_platform(mesh)
     use_mu = not C.is_static_zero(beta1)
     diag_kind = graft if graft in ("adagrad", "rmsprop", "adam") else "adagrad"
@@ -462,6 +492,11 @@ def scale_by_shampoo(
                     stats.append(())
                     roots.append(())
                     eigvals.append(tuple(jnp.zeros((nb, b), dt) for b in plan.block))
+                    eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
+                elif eigenbasis:
+                    stats.append((tuple(pack_symmetric(z) for z in zeros),))
+                    roots.append(tuple(pack_offdiag_fp8(z) for z in zeros))
+                    eigvals.append(tuple(jnp.ones((nb, b), dt) for b in plan.block))
                     eigvecs.append(tuple(quantize(e, qbs) for e in eyes))
                 elif quant_roots:
                     stats.append(tuple(zeros for _ in range(power_iterations)))
@@ -569,6 +604,72 @@ def scale_by_shampoo(
             v_now[li][m] = put(v_now[li][m], idx, safe_update(q, ok, take(v_now[li][m], idx)))
             failed = failed + jnp.sum(~ok).astype(jnp.int32)
         return _tt(lam_new), _tt(q_new), _tt(v_now), failed
+
+    def refresh_eigenbasis(mats, eigvals, roots, eigvecs, vs, plans, sel=None):
+        """``four_bit_mode="eigenbasis"`` refresh of every block (or those in ``sel``, see :func:`refresh_fp`).
+
+        ``mats`` holds each statistic ``S = V~ M V~^T`` in its current rectified 4-bit basis ``V~`` (``vs``). With
+        ``M = Q diag(w) Q^T`` the exact eigenbasis of ``S`` is ``V~ Q``; it is quantized to 4 bits, rectified
+        (``V~'``), and ``M`` is rotated into the new basis, ``M' = (V~'^T V~) M (V~^T V~')``, so the quantization
+        error of the basis is kept in ``M'``'s off-diagonal, not lost. The root in the new basis,
+        ``C = P diag((w + eps w_max)^(-p)) P^T`` with ``P = V~'^T V~ Q``, is kept as its diagonal (``eigvals``) and
+        its float8 off-diagonal (``roots``). -> (mats, eigvals, roots, eigvecs, new bases ``V~'``, number of failed
+        blocks); a failed block keeps its previous basis, root and (unrotated) statistic."""
+        items, where = [], []
+        for li, plan in enumerate(plans):
+            if plan.kind != "block":
+                continue
+            for m in range(plan.order):
+                idx = None if sel is None else sel.get((li, m))
+                if sel is not None and idx is None:
+                    continue
+                a = mats[li][m] if idx is None else mats[li][m][idx]
+                items.append((a,))
+                where.append((li, m, exponent_of(plan), idx, plan.block[m]))
+        mats_new = [list(x) for x in mats]
+        lam_new = [list(x) for x in eigvals]
+        off_new = [list(x) for x in roots]
+        q_new = [list(x) for x in eigvecs]
+        v_now = [list(x) for x in vs]
+        failed = jnp.zeros((), jnp.int32)
+        outs = grouped_map(lambda a: eigh_psd(a, platform), items, mesh, mesh_axis)
+
+        def put(full, idx, new):
+            return new if idx is None else full.at[idx].set(new)
+
+        def take(full, idx):
+            return full if idx is None else full[idx]
+
+        for (li, m, p, idx, b), (a,), (w, q) in zip(where, items, outs):
+            v_old = take(vs[li][m], idx)
+            v_exact = v_old @ q
+            qq = quantize(v_exact, qbs)
+            v_t = bjorck(dequantize(qq, b, a.dtype), bjorck_iters)
+            rot = jnp.swapaxes(v_t, -1, -2) @ v_old
+            m_rot = rot @ a @ jnp.swapaxes(rot, -1, -2)
+            lmax = jnp.max(w, axis=-1)
+            ok = jnp.isfinite(lmax) & (lmax > 0) & jnp.all(jnp.isfinite(v_exact), axis=(-2, -1))
+            inv = (w + (epsilon * jnp.where(ok, lmax, 1.0))[:, None]) ** (-p)
+            rq = rot @ q  # the exact eigenvectors in the new 4-bit basis: root = V~' (rq f rq^T) V~'^T
+            core = (rq * inv[:, None, :]) @ jnp.swapaxes(rq, -1, -2)
+            ok = ok & jnp.all(jnp.isfinite(core), axis=(-2, -1)) & jnp.all(jnp.isfinite(m_rot), axis=(-2, -1))
+            old = eigvecs[li][m]
+            mats_new[li][m] = put(mats[li][m], idx, safe_update(m_rot, ok, a))
+            cdiag = jnp.diagonal(core, axis1=-2, axis2=-1)
+            lam_new[li][m] = put(eigvals[li][m], idx, safe_update(cdiag, ok, take(eigvals[li][m], idx)))
+            bits, scale = pack_offdiag_fp8(core)
+            ob, osc = roots[li][m]
+            off_new[li][m] = (
+                put(ob, idx, safe_update(bits, ok, take(ob, idx))),
+                put(osc, idx, safe_update(scale, ok, take(osc, idx))),
+            )
+            q_new[li][m] = QuantizedMatrix(
+                put(old.codes, idx, safe_update(qq.codes, ok, take(old.codes, idx))),
+                put(old.scales, idx, safe_update(qq.scales, ok, take(old.scales, idx))),
+            )
+            v_now[li][m] = put(vs[li][m], idx, safe_update(v_t, ok, v_old))
+            failed = failed + jnp.sum(~ok).astype(jnp.int32)
+        return _tt(mats_new), _tt(lam_new), _tt(off_new), _tt(q_new), _tt(v_now), failed
 
     def rectified(eigvecs, eigvals, plans):
         """Dequantized eigenvectors after ``bjorck_iters`` Björck steps, per leaf, per mode."""
@@ -692,6 +793,40 @@ def scale_by_shampoo(
                     failed = failed + jnp.sum(~ok).astype(jnp.int32)
                 use_roots.append(tuple(rs))
             nonfinite_stats = bad
+        elif eigenbasis:
+            new_roots = state.roots
+            vs = rectified(state.eigvecs, state.eigvals, plans)
+            mats = tuple(
+                tuple(
+                    beta2 * unpack_symmetric(*state.stats[li][0][m])
+                    + coef * (jnp.swapaxes(v, -1, -2) @ mode_gram(xbs[li], m) @ v)
+                    for m, v in enumerate(vs[li])
+                )
+                if plan.kind == "block"
+                else ()
+                for li, plan in enumerate(plans)
+            )
+            nonfinite_stats = ~C.tree_all_finite(jax.tree_util.tree_leaves(mats))
+            mats, new_vals, new_roots, new_vecs, vs, failed = scheduled(
+                t,
+                finite,
+                plans,
+                lambda sel: lambda a, lam, r, q, v: refresh_eigenbasis(a, lam, r, q, v, plans, sel),
+                lambda a, lam, r, q, v: (a, lam, r, q, v, zero),
+                (mats, state.eigvals, state.roots, state.eigvecs, vs),
+            )
+            new_stats = tuple((tuple(pack_symmetric(a) for a in ms),) if ms else () for ms in mats)
+            use_roots = [
+                tuple(
+                    v
+                    @ (unpack_offdiag_fp8(*off, v.shape[-1]) + lam[:, :, None] * jnp.eye(v.shape[-1], dtype=v.dtype))
+                    @ jnp.swapaxes(v, -1, -2)
+                    for v, lam, off in zip(vs[li], new_vals[li], new_roots[li])
+                )
+                if plan.kind == "block"
+                else ()
+                for li, plan in enumerate(plans)
+            ]
         else:
             new_stats = []
             for li, plan in enumerate(plans):
@@ -827,12 +962,12 @@ def shampoo(
     max_preconditioner_dim: int | None = None,
     power_iterations: int = 1,
     quantize_eigenvectors: bool = False,
-    quant_block_size: int = 64,
-    bjorck_iters: int = 1,
+    quant_block_size: int = 32,
+    bjorck_iters: int = 2,
     newton_iters: int = 100,
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
-    four_bit_mode: str = "roots",
+    four_bit_mode: str = "eigenbasis",
     stagger_refresh: bool = True,
 ) -> optax.GradientTransformation:
     """Shampoo optimizer: :func:`scale_by_shampoo`, decoupled weight decay, then ``-learning_rate`` scaling.

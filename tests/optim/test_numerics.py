@@ -127,14 +127,15 @@ def _rel_step_diffs(kw4, steps=12, every=3):
     return [float(np.linalg.norm(x - y) / np.linalg.norm(x)) for x, y in zip(a, b)]
 
 
-def test_four_bit_default_schedule_tracks_fp32_shampoo():
-    """Default 4-bit mode ("roots"): the same statistics and refresh interval as fp32 Shampoo, with the roots'
-    eigenvectors held in 4 bits. Refresh steps (1, 4, 7, 10) use the exact eigenvectors: equal to fp32 Shampoo up to
+def test_four_bit_roots_schedule_tracks_fp32_shampoo():
+    """4-bit mode "roots" (the default before 2026-12; its old chunk size 64): the same statistics and refresh
+    interval as fp32 Shampoo, with the roots' eigenvectors held in 4 bits.
+    Refresh steps (1, 4, 7, 10) use the exact eigenvectors: equal to fp32 Shampoo up to
     float32 round-off; once the statistics have full rank (from step 4) every step is within a few percent (measured
     2.5-4%). Steps 2-3 use the root of a rank-deficient statistic, whose damped null space (eigenvalues eps lambda_max)
     amplifies eigenvector quantization error by up to eps^(-1/4): ~8% there. The eigenvalue-tracking variant is a
     different algorithm and differs by 15-90% per step."""
-    d_roots = _rel_step_diffs(dict(bjorck_iters=2))
+    d_roots = _rel_step_diffs(dict(bjorck_iters=2, four_bit_mode="roots", quant_block_size=64))
     assert max(d_roots[0], d_roots[3], d_roots[6], d_roots[9]) < 1e-3, d_roots
     assert max(d_roots[3:]) < 0.06 and max(d_roots) < 0.12, d_roots
     d_track = _rel_step_diffs(dict(bjorck_iters=2, four_bit_mode="eigenvalue_tracking"))
