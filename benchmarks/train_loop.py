@@ -19,6 +19,12 @@ are timed in interleaved rounds (method order rotated each round) and the median
 timed call ends with ``jax.block_until_ready``. ``ratio_vs_scan`` = median / median of ``scan``. The load average is
 recorded before and after since the machine may be shared. ``--baseline FILE`` adds the ``runs`` table of an earlier
 run (e.g. before a change) to the report as ``before``.
+
+Also (full runs; ``--no-variants`` / ``--first-call-trials 0`` to skip): ``first_call``, the first 100 steps of the
+MLP in fresh Python processes, ``fit`` against a plain ``jax.jit`` step in a Python loop (compilation included, the
+methods alternated over trials, medians), and the MLP ``VARIANTS`` grid (dataset of 512 or 4096 rows, batch 32 or 256,
+``data(step)`` slices or ``data(key)`` samples), ``fit`` against ``scan``. ``--tasks mlp`` runs a subset of the main
+tasks and names the results ``train_loop_mlp``.
 """
 
 from __future__ import annotations
