@@ -19,6 +19,12 @@ are timed in interleaved rounds (method order rotated each round) and the median
 timed call ends with ``jax.block_until_ready``. ``ratio_vs_scan`` = median / median of ``scan``. The load average is
 recorded before and after since the machine may be shared. ``--baseline FILE`` adds the ``runs`` table of an earlier
 run (e.g. before a change) to the report as ``before``.
+
+Also (full runs; ``--no-variants`` / ``--first-call-trials 0`` to skip): ``first_call``, the first 100 steps of the
+MLP in fresh Python processes, ``fit`` against a plain ``jax.jit`` step in a Python loop (compilation included, the
+methods alternated over trials, medians), and the MLP ``VARIANTS`` grid (dataset of 512 or 4096 rows, batch 32 or 256,
+``data(step)`` slices or ``data(key)`` samples), ``fit`` against ``scan``. ``--tasks mlp`` runs a subset of the main
+tasks and names the results ``train_loop_mlp``.
 """
 
 from __future__ import annotations
@@ -138,7 +144,115 @@ def task_nsm_poisson(steps: int, quick: bool = False) -> dict[str, Any]:
     return {"methods": methods, "config": config}
 
 
+def task_mlp_variant(rows: int, batch: int, call: str) -> Callable[[int, bool], dict[str, Any]]:
+    """The benchmark's MLP on a fixed dataset of ``rows`` samples, minibatches of ``batch`` rows drawn as
+    ``data(step)`` (consecutive slices, cycling over the dataset) or ``data(key)`` (rows sampled with replacement)."""
+
+    def task(steps: int, quick: bool = False) -> dict[str, Any]:
+        model = eqx.nn.MLP(8, 1, 32, 2, key=jax.random.key(0))
+        opt = optax.adam(1e-3)
+        xs = jax.random.normal(jax.random.key(2), (rows, 8))
+        ys = jnp.sum(jnp.sin(xs), axis=1, keepdims=True)
+        per_epoch = rows // batch
+
+        def data_step(step):
+            start = (step % per_epoch) * batch
+            return jax.lax.dynamic_slice_in_dim(xs, start, batch), jax.lax.dynamic_slice_in_dim(ys, start, batch)
+
+        def data_key(k):
+            idx = jax.random.randint(k, (batch,), 0, rows)
+            return xs[idx], ys[idx]
+
+        def loss_fn(m, b):
+            x, y = b
+            return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+        by_key = call == "key"
+        data = data_key if by_key else data_step
+        key = jax.random.key(1) if by_key else None
+        python_loop, scan = _hand_written(loss_fn, opt, data, by_key=by_key)
+        methods = {
+            "fit": lambda: train.fit(model, loss_fn, opt, data, steps, key=key, progress=False),
+            "scan": lambda: scan(model, steps, key),
+        }
+        config = {"model": "MLP 8-32-32-1", "rows": rows, "batch": batch, "data": f"data({call})",
+                  "optimizer": "adam(1e-3)"}  # fmt: skip
+        return {"methods": methods, "config": config}
+
+    return task
+
+
 TASKS = {"mlp": task_mlp, "nsm_poisson": task_nsm_poisson}
+VARIANTS = {
+    f"mlp_rows{rows}_batch{batch}_{call}": task_mlp_variant(rows, batch, call)
+    for rows in (512, 4096)
+    for batch in (32, 256)
+    for call in ("step", "key")
+}
+
+
+# ------------------------------------------------------------------------------------ first call, fresh process
+_FIRST_CALL_WORKER = """
+import sys, time
+import equinox as eqx, jax, jax.numpy as jnp, optax
+from jaxsciml import train
+method, steps = sys.argv[1], int(sys.argv[2])
+model = eqx.nn.MLP(8, 1, 32, 2, key=jax.random.key(0))
+opt = optax.adam(1e-3)
+base = jax.random.key(1)
+def data(step):
+    x = jax.random.normal(jax.random.fold_in(base, step), (64, 8))
+    return x, jnp.sum(jnp.sin(x), axis=1, keepdims=True)
+def loss_fn(m, batch):
+    x, y = batch
+    return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+jax.block_until_ready(model)
+t0 = time.perf_counter()
+if method == "fit":
+    out = train.fit(model, loss_fn, opt, data, steps, progress=False)
+    jax.block_until_ready((out.model, out.opt_state))
+else:
+    @eqx.filter_jit
+    def step(model, opt_state, i):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, data(i))
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+    opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+    for i in range(steps):
+        model, opt_state, loss = step(model, opt_state, jnp.asarray(i))
+    jax.block_until_ready((model, opt_state, loss))
+print("SECONDS", time.perf_counter() - t0)
+"""
+
+
+def first_call(trials: int, steps: int = 100) -> list[dict[str, Any]]:
+    """Wall seconds of the first ``steps`` steps in a fresh Python process (imports and model construction excluded,
+    tracing and compilation included): ``fit`` against a plain ``jax.jit`` step called from a Python loop. Trials
+    alternate the two methods; medians over trials."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    times: dict[str, list[float]] = {"fit": [], "jit_loop": []}
+    for t in range(trials):
+        for m in ["fit", "jit_loop"] if t % 2 == 0 else ["jit_loop", "fit"]:
+            res = subprocess.run(
+                [sys.executable, "-c", _FIRST_CALL_WORKER, m, str(steps)],
+                capture_output=True, text=True, check=True, env=env,
+            )  # fmt: skip
+            times[m].append(float(res.stdout.split("SECONDS")[-1]))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return [
+        {
+            "method": m,
+            "steps": steps,
+            "trials": trials,
+            "median_s": med[m],
+            "min_s": min(v),
+            "max_s": max(v),
+            "ratio_vs_jit_loop": med[m] / med["jit_loop"],
+        }  # fmt: skip
+        for m, v in times.items()
+    ]
 
 
 def _block(out: Any) -> Any:
@@ -149,7 +263,7 @@ def _block(out: Any) -> Any:
 
 
 def bench_task(name: str, steps: int, rounds: int, quick: bool = False) -> list[dict[str, Any]]:
-    spec = TASKS[name](steps, quick)
+    spec = {**TASKS, **VARIANTS}[name](steps, quick)
     methods: dict[str, Callable[[], Any]] = spec["methods"]
     first, fit_info = {}, {}
     for m, fn in methods.items():
@@ -192,35 +306,58 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     parser.add_argument("--rounds", type=int, default=None, help="timed interleaved rounds per task (default 7)")
     parser.add_argument("--baseline", default=None, help="an earlier train_loop JSON whose runs become `before`")
+    parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the MLP variants grid (default: on unless --quick)")  # fmt: skip
+    parser.add_argument("--first-call-trials", type=int, default=None,
+                        help="fresh-process first-call trials (default 7; 0 with --quick)")  # fmt: skip
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the main tasks (mlp,nsm_poisson)")
     args = parser.parse_args(argv)
     steps = {"mlp": 200, "nsm_poisson": 40} if args.quick else {"mlp": 2000, "nsm_poisson": 500}
     rounds = args.rounds or (2 if args.quick else 7)
+    variants = (not args.quick) if args.variants is None else args.variants
+    trials = args.first_call_trials if args.first_call_trials is not None else (0 if args.quick else 7)
+    names = args.tasks.split(",") if args.tasks else list(TASKS)
     load_before = os.getloadavg()
+    tables: dict[str, list[dict[str, Any]]] = {}
+    if trials:
+        tables["first_call"] = first_call(trials)
     rows: list[dict[str, Any]] = []
-    for name in TASKS:
+    for name in names:
         rows += bench_task(name, steps[name], rounds, args.quick)
+    if variants:
+        for name in VARIANTS:
+            rows += bench_task(name, steps["mlp"], rounds, args.quick)
     load_after = os.getloadavg()
-    tables: dict[str, list[dict[str, Any]]] = {"runs": rows}
-    summary = [
-        {"task": r["task"], "fit_over_scan": r["ratio_vs_scan"], "fit_over_python_loop": r["median_s"] / py}
-        for r in rows
-        if r["method"] == "fit"
-        for py in [next(q["median_s"] for q in rows if q["task"] == r["task"] and q["method"] == "python_loop")]
-    ]
+    tables["runs"] = rows
+    summary = []
+    for r in rows:
+        if r["method"] != "fit":
+            continue
+        s = {"task": r["task"], "fit_over_scan": r["ratio_vs_scan"]}
+        py = [q["median_s"] for q in rows if q["task"] == r["task"] and q["method"] == "python_loop"]
+        s["fit_over_python_loop"] = r["median_s"] / py[0] if py else float("nan")
+        summary.append(s)
     if args.baseline:
         before = json.loads(Path(args.baseline).read_text())
         tables["before"] = before["tables"]["runs"]
         for s in summary:
-            old = next(r for r in tables["before"] if r["task"] == s["task"] and r["method"] == "fit")
-            s["before_fit_over_scan"] = old["ratio_vs_scan"]
+            old = [r for r in tables["before"] if r["task"] == s["task"] and r["method"] == "fit"]
+            s["before_fit_over_scan"] = old[0]["ratio_vs_scan"] if old else float("nan")
+        if "first_call" in before["tables"]:
+            tables["first_call_before"] = before["tables"]["first_call"]
     tables["summary"] = summary
     notes = (
         f"Load average (1, 5, 15 min) before: {tuple(round(x, 2) for x in load_before)}, after: "
         f"{tuple(round(x, 2) for x in load_after)}. Medians over {rounds} interleaved rounds, compile excluded "
-        "(reported as compile_s). Target: fit <= 1.3x scan."
+        "(reported as compile_s). Target: fit <= 1.3x scan. first_call: the first 100 steps of the MLP in a fresh "
+        f"process ({trials} trials, methods alternated, medians; imports excluded, compilation included). Target: "
+        "fit <= 1.5x jit_loop. The machine's 2 cores are shared with other sessions: single timings vary, the "
+        "interleaved ratios are the meaningful numbers."
     )
-    config = {"steps": steps, "rounds": rounds, "tasks": {n: TASKS[n](1, args.quick)["config"] for n in TASKS}}
-    return write_results("train_loop_quick" if args.quick else "train_loop", tables, args.out, notes, config)
+    every = {**TASKS, **VARIANTS} if variants else TASKS
+    config = {"steps": steps, "rounds": rounds, "tasks": {n: every[n](1, args.quick)["config"] for n in every}}
+    name = "train_loop" if set(names) == set(TASKS) else "train_loop_" + "_".join(names)
+    return write_results(name + ("_quick" if args.quick else ""), tables, args.out, notes, config)
 
 
 if __name__ == "__main__":

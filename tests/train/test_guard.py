@@ -196,3 +196,29 @@ def test_optimizer_health_is_recorded_and_warned():
     with pytest.warns(RuntimeWarning, match="3 new root fallbacks"):
         res2 = fit(params, loss, opt, data, 8, start=dataclasses.replace(res, opt_state=sick_opt_state), progress=False)
     assert res2.history["root_fallbacks"][-1] == 3
+
+
+def test_finiteness_checks_over_mixed_dtypes_match_leafwise():
+    """`all_finite` / `stays_finite` concatenate the leaves of each dtype into one reduction: same answers as a
+    leaf-by-leaf check, with a NaN/inf in any leaf of any dtype, and entries non-finite before allowed to stay so."""
+    from jaxsciml.train._step import all_finite, stays_finite
+
+    def tree(nan_at=None, inf16=False):
+        t = {"a": jnp.ones((3, 2)), "b": jnp.ones(4, jnp.float16), "c": jnp.ones(()), "i": jnp.arange(3)}
+        if nan_at is not None:
+            t[nan_at] = t[nan_at].at[(0,) * t[nan_at].ndim].set(jnp.nan)
+        if inf16:
+            t["b"] = t["b"].at[1].set(jnp.inf)
+        return t
+
+    assert bool(all_finite(tree()))
+    for leaf in ("a", "b", "c"):
+        assert not bool(all_finite(tree(leaf)))
+        assert not bool(stays_finite(tree(), tree(leaf)))  # finite -> NaN
+        assert bool(stays_finite(tree(leaf), tree(leaf)))  # NaN before: may stay NaN
+    assert not bool(stays_finite(tree(), tree(inf16=True)))
+    assert bool(stays_finite(tree(inf16=True), tree(inf16=True)))
+    # a leaf whose dtype changes is compared with its old value on its own
+    old, new = {"x": jnp.array([jnp.inf, 1.0])}, {"x": jnp.array([jnp.inf, 2.0], jnp.float16)}
+    assert bool(stays_finite(old, new))
+    assert not bool(stays_finite({"x": jnp.ones(2)}, new))
