@@ -8,8 +8,11 @@ Methods (each skipped with a printed reason when its package is not importable):
   distributed_shampoo's plain EMA (the exact match; see the ``matched_check`` table); ``shampoo_bias_corrected``:
   the same with ``bias_correction=True`` (Adam's bias correction of the momentum, jaxsciml's default before 2026-12);
   both with the synchronised refresh (``stagger_refresh=False``) that distributed_shampoo uses;
-- ``shampoo_default``: ``jaxsciml.optim.shampoo(lr)`` with the package defaults (Adam grafting, beta2 0.999, staggered
-  refresh); ``shampoo_default_bc``: the same with ``bias_correction=True`` (the momentum default per grafting type);
+- ``shampoo_default``: ``jaxsciml.optim.shampoo(lr, bias_correction=False)``: the package defaults (Adam grafting,
+  beta2 0.999, staggered refresh) with the plain EMA momentum; ``shampoo_default_bc``: ``shampoo(lr)``, the defaults
+  with the bias-corrected momentum (the default for Adam grafting); ``shampoo_nesterov``: ``shampoo`` with Nesterov
+  (the default for RMSprop grafting); ``spectral``: :func:`jaxsciml.optim.spectral` (memoryless Shampoo = Muon's
+  orthogonalised momentum, with RMSprop grafting), defaults;
 - ``distributed_shampoo``: google-research's reference JAX Shampoo as packaged by ``optax-shampoo`` (PyPI);
 - ``psgd_kron``: PSGD Kron from ``psgd-jax`` (its defaults; preconditioner update probability 1 for its first 500
   steps, so it updates its preconditioner every step in these runs).
@@ -207,8 +210,9 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
         "muon": optax.contrib.muon(1.0),
         "shampoo": jaxsciml_shampoo(1.0),
         "shampoo_bias_corrected": jaxsciml_shampoo(1.0, bias_correction=True),
-        # the package's defaults (Adam grafting, beta2 0.999, staggered refresh), plain EMA and bias-corrected momentum
-        "shampoo_default": shampoo(1.0),
+        # the package defaults (Adam grafting, beta2 0.999, staggered refresh) with the plain EMA momentum (the default
+        # before the per-graft momentum defaults) and bias-corrected (the default now for Adam grafting)
+        "shampoo_default": shampoo(1.0, bias_correction=False),
         "shampoo_default_bc": shampoo(1.0, bias_correction=True),
         # matched settings with Nesterov momentum (the autoencoder ablation's cheapest gain)
         "shampoo_nesterov": _matched_nesterov(),
