@@ -11,8 +11,8 @@ Methods (each skipped with a printed reason when its package is not importable):
 - ``shampoo_default``: ``jaxsciml.optim.shampoo(lr, bias_correction=False)``: the package defaults (Adam grafting,
   beta2 0.999, staggered refresh) with the plain EMA momentum; ``shampoo_default_bc``: ``shampoo(lr)``, the defaults
   with the bias-corrected momentum (the default for Adam grafting); ``shampoo_nesterov``: ``shampoo`` with Nesterov
-  (measured for the momentum default; not adopted); ``spectral``: :func:`jaxsciml.optim.spectral` (memoryless Shampoo = Muon's
-  orthogonalised momentum, with RMSprop grafting), defaults;
+  (measured for the momentum default; not adopted); ``spectral``: :func:`jaxsciml.optim.spectral` (memoryless
+  Shampoo = Muon's orthogonalised momentum, with RMSprop grafting), defaults;
 - ``distributed_shampoo``: google-research's reference JAX Shampoo as packaged by ``optax-shampoo`` (PyPI);
 - ``psgd_kron``: PSGD Kron from ``psgd-jax`` (its defaults; preconditioner update probability 1 for its first 500
   steps, so it updates its preconditioner every step in these runs).
