@@ -763,8 +763,9 @@ def merge_parts(paths: Sequence[str], out: str | None, note: str = "") -> dict:
         for name, rows in part["tables"].items():
             if name == "matched_check":
                 check = rows
-            elif name not in META:
-                tasks[name] = rows
+            elif name not in META:  # a later part adds the methods an earlier part of the same task lacks
+                have = {r["method"] for r in tasks.get(name, [])}
+                tasks[name] = tasks.get(name, []) + [r for r in rows if r["method"] not in have]
     tasks = {n: tasks[n] for n in TASKS if n in tasks}
     tables = {
         "final_loss_summary": summary_rows(tasks),
