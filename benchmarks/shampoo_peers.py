@@ -613,7 +613,7 @@ def matched_check(peers: dict, steps: int = 40, lr: float = 0.1) -> list[dict]:
 
 
 PEERS = ("adamw", "muon", "psgd_kron", "distributed_shampoo")
-RECOMMENDED = "spectral"
+RECOMMENDED = "shampoo_default_bc"
 FLOOR = 1e-7
 """Ratios are ``(loss + FLOOR) / (best + FLOOR)``: losses that reach float32 zero (digits_mlp's cross-entropy) tie."""
 META = ("final_loss_summary", "key_ratios", "matched_check")
