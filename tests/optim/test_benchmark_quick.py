@@ -49,6 +49,8 @@ def test_peers_skip_with_reason_when_not_importable(monkeypatch):
         "shampoo_bias_corrected",
         "shampoo_default",
         "shampoo_default_bc",
+        "shampoo_nesterov",
+        "spectral",
     ]
 
 
@@ -59,6 +61,10 @@ def test_shampoo_peers_benchmark_quick(tmp_path):
     assert (tmp_path / "shampoo_peers.json").exists() and (tmp_path / "shampoo_peers.md").exists()
     tables = payload["tables"]
     key = tables.pop("key_ratios")
+    summary = tables.pop("final_loss_summary")
+    assert [r["task"] for r in summary] == list(tables)
+    for r in summary:  # the best peer's own loss is the minimum over the peers present
+        assert r["best_peer_loss"] == min(r[m] for m in ("adamw", "muon", "psgd_kron", "distributed_shampoo") if m in r)
     assert [r["task"] for r in key] == list(tables)
     for rows in tables.values():
         by = {r["method"]: r for r in rows}
