@@ -142,7 +142,7 @@ def run_task(name: str, quick: bool, variants: dict) -> list[dict]:
         return vals, loss(p)
 
     leaf_names = [
-        jax.tree_util.keystr(kp) + str(tuple(x.shape))
+        jax.tree_util.keystr(kp) + " " + "x".join(map(str, x.shape))
         for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]
         if x.ndim >= 2
     ]
