@@ -824,7 +824,10 @@ def scale_by_shampoo(
             use_roots = [
                 tuple(
                     v
-                    @ (unpack_offdiag_fp8(*off, v.shape[-1]) + lam[:, :, None] * jnp.eye(v.shape[-1], dtype=v.dtype))
+                    @ (
+                        unpack_offdiag_fp8(off[0], off[1], v.shape[-1])
+                        + lam[:, :, None] * jnp.eye(v.shape[-1], dtype=v.dtype)
+                    )
                     @ jnp.swapaxes(v, -1, -2)
                     for v, lam, off in zip(vs[li], new_vals[li], new_roots[li])
                 )

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._basis import AbstractBasis, runtime_check
+from ._basis import AbstractBasis, Fourier, runtime_check
 from ._tensor import TensorBasis, as_tensor_basis
 
 __all__ = [
@@ -113,11 +113,11 @@ def sobolev_weights(basis: Basis, sobolev: float) -> Array:
     is then the squared ``H^sobolev`` norm of ``r`` in the periodic directions (``L^2`` in the others)."""
     tb = as_tensor_basis(basis)
     order = _sobolev_order(sobolev)
-    k2 = np.zeros(tb.shape)
+    k2: np.ndarray = np.zeros(tb.shape)
     for axis, b in enumerate(tb.bases):
-        if b.periodic:
-            k = np.asarray(b.wavenumbers(), dtype=float)
-            k2 = k2 + np.expand_dims(k**2, tuple(i for i in range(tb.ndim) if i != axis))
+        if isinstance(b, Fourier):
+            k = np.asarray(b.wavenumbers(), dtype=np.float64)
+            k2 = k2 + np.expand_dims(np.square(k), tuple(i for i in range(tb.ndim) if i != axis))
     return jnp.asarray((1.0 + k2) ** (order / 2))
 
 
