@@ -5,7 +5,7 @@ evaluation, checkpoints, history). The parts it composes live in their own modul
 
 - `_data`: where the batches come from (`plan_data`: on the device inside the compiled program, or `Batches` on the
   host);
-- `_program`: the compiled multi-step program (one ``lax.while_loop`` of guarded steps);
+- `_program`: the compiled multi-step program (one ``lax.while_loop`` of steps, checked per step and per call);
 - `_loop`: the two ways of advancing the state (`ChunkRunner`, `StepRunner`);
 - `_history`: the host-side `Recorder` (history, non-finite steps, optimiser health, progress bar).
 """
@@ -30,7 +30,7 @@ from ._checks import _NONFINITE_FIT, check_count, check_loss_fn, check_max_time,
 from ._data import Batches, check_steps_per_call, plan_data
 from ._history import Recorder
 from ._loop import AUTO_CAPACITY, ChunkRunner, StepRunner, TrainState
-from ._program import cached_chunk, cached_train_step
+from ._program import cached_chunk, cached_train_step, init_optimizer
 from ._step import NonFiniteStep, TrainStep
 from ._timing import compile_seconds
 
@@ -149,7 +149,10 @@ def fit(
       entry of the parameters or the optimiser state into NaN/inf (e.g. a huge gradient overflowing Adam's second
       moment): `"skip"` (default) leaves model and optimiser state unchanged, warns with the step number and records
       it in `history["nonfinite_steps"]`; `"raise"` raises `FloatingPointError` naming the step, before anything is
-      written to the model or a checkpoint. Checkpoints therefore never hold such a state.
+      written to the model or a checkpoint. Checkpoints therefore never hold such a state. Inside the multi-step
+      program the loss and gradients are checked every step and the parameters and optimiser state once per device
+      call (a per-step check of the whole state costs as much as a small model's step); a call that fails is replayed
+      one step per call with the full check, so the skipped step and the result are those of a per-step guard.
     - `progress`: show a tqdm progress bar with the loss in its postfix.
     - `start`: a previous `FitResult` to continue from (model, optimiser state, step, key and history).
     - `train_step`: a step with the signature of `make_train_step(...)`'s result to use instead, e.g.
@@ -273,7 +276,7 @@ def _initial_state(
         key = start.key if start.key is not None else key
         history = {k: list(v) for k, v in start.history.items()}
         return TrainState(start.model, start.opt_state, key, start.step), history
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    opt_state = init_optimizer(optimizer, eqx.filter(model, eqx.is_inexact_array))
     if checkpointer is not None and resume and checkpointer.latest_step() is not None:
         model, opt_state, step, key_restored, history = checkpointer.restore(model, opt_state)
         return TrainState(model, opt_state, key_restored if key_restored is not None else key, step), history
@@ -305,5 +308,5 @@ def _make_runner(
     # One compiled program (buffers of `capacity` steps, the count per call dynamic) serves every
     # steps_per_call <= AUTO_CAPACITY, so results are bit-identical whatever the steps per call.
     capacity = max(steps_per_call or 0, AUTO_CAPACITY)
-    program = cached_chunk(loss_fn, optimizer, has_aux, nonfinite, data_fn, data_mode, capacity)
+    program = cached_chunk(loss_fn, optimizer, has_aux, data_fn, data_mode, capacity)
     return ChunkRunner(program, stacked, steps_per_call, capacity)

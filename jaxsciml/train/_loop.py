@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -45,16 +46,51 @@ def _seconds_since(t0: float, c0: float) -> float:
     return max(time.perf_counter() - t0 - (compile_seconds() - c0), 0.0)
 
 
+# The steps per call learned by the last `ChunkRunner` of a (memoised) program, so that the next `fit` call with it
+# starts at the right size instead of probing with `AUTO_FIRST` steps again.
+_LEARNED_N: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _learned(program: Any) -> int:
+    try:
+        return _LEARNED_N.get(program, AUTO_FIRST)
+    except TypeError:
+        return AUTO_FIRST
+
+
+def _remember(program: Any, n: int) -> None:
+    try:
+        _LEARNED_N[program] = n
+    except TypeError:  # not weak-referenceable: nothing learned
+        pass
+
+
 class ChunkRunner:
     """Runs the compiled multi-step program (`_program.build_chunk`) for up to ``steps_per_call`` steps per call;
-    with ``steps_per_call=None`` the count per call is sized from the measured step time (about `TARGET_CALL_S`)."""
+    with ``steps_per_call=None`` the count per call is sized from the measured step time (about `TARGET_CALL_S`).
+
+    The program checks the loss and gradients of every step but the parameters and optimiser state only at the end
+    of a call (a per-step check of the whole state costs as much as the step on a small model). A call that fails
+    either check is not adopted: it is replayed from its start one step per call with the same program, where the
+    end-of-call check is a per-step check, up to and including the first failing step, which is recorded as
+    non-finite and not applied (`"skip"`), or raised on (`"raise"`). The result is that of a per-step guard.
+    """
 
     def __init__(self, program: Callable[..., Any], stacked: Any, steps_per_call: int | None, capacity: int) -> None:
         self.program = program
         self.stacked = stacked
         self.steps_per_call = steps_per_call
         self.capacity = capacity
-        self.auto_n = min(capacity, AUTO_FIRST)
+        self.auto_n = min(capacity, _learned(program))
+
+    def _call(self, state: TrainState, n: int) -> tuple[Any, ...]:
+        out = self.program(
+            state.model, state.opt_state, state.key, jnp.asarray(state.step), jnp.asarray(n, jnp.int32), self.stacked
+        )
+        model, opt_state, key, done, losses, oks, auxs, state_ok = out
+        done, losses, oks, auxs, state_ok = jax.device_get((done, losses, oks, auxs, state_ok))
+        done = int(done)
+        return model, opt_state, key, done, losses[:done], oks[:done], {k: v[:done] for k, v in auxs.items()}, state_ok
 
     def advance(
         self, state: TrainState, stop_at: int, recorder: Recorder, time_left: float | None, stacklevel: int
@@ -64,21 +100,39 @@ class ChunkRunner:
         if time_left is not None and typical:
             n = max(1, min(n, int(time_left / typical)))
         t0, c0 = time.perf_counter(), compile_seconds()
-        out = self.program(
-            state.model, state.opt_state, state.key, jnp.asarray(state.step), jnp.asarray(n, jnp.int32), self.stacked
-        )
-        model, opt_state, key, done, losses, oks, auxs = out
-        done, losses, oks, auxs = jax.device_get((done, losses, oks, auxs))
-        done = int(done)
-        seconds = _seconds_since(t0, c0)
-        recorder.record(
-            state.step, losses[:done], oks[:done], {k: v[:done] for k, v in auxs.items()}, seconds, stacklevel + 1
-        )
-        state.model, state.opt_state, state.key = model, opt_state, key
-        state.step += done
-        if self.steps_per_call is None and seconds > 0:
-            self.auto_n = int(min(self.capacity, max(1, TARGET_CALL_S * done / seconds)))
+        model, opt_state, key, done, losses, oks, auxs, state_ok = self._call(state, n)
+        if bool(state_ok) and bool(np.all(oks)):
+            seconds = _seconds_since(t0, c0)
+            recorder.record(state.step, losses, oks, auxs, seconds, stacklevel + 1)
+            state.model, state.opt_state, state.key = model, opt_state, key
+            state.step += done
+            if self.steps_per_call is None and seconds > 0:
+                self.auto_n = int(min(self.capacity, max(1, TARGET_CALL_S * done / seconds)))
+                _remember(self.program, self.auto_n)
+            return True
+        self._replay(state, done, recorder, (t0, c0), stacklevel + 1)
         return True
+
+    def _replay(
+        self, state: TrainState, limit: int, recorder: Recorder, since: tuple[float, float], stacklevel: int
+    ) -> None:
+        """Steps one per call (at most ``limit``) until the first that fails the full check; that one is recorded
+        as not ok, and its update is not applied (the key and the step count still advance, as in a guarded step)."""
+        first, losses, oks, columns = state.step, [], [], []
+        for _ in range(limit):
+            model, opt_state, key, _, loss, ok, aux, state_ok = self._call(state, 1)
+            ok = bool(ok[0]) and bool(state_ok)
+            losses.append(loss[0])
+            oks.append(ok)
+            columns.append({k: v[0] for k, v in aux.items()})
+            state.key = key
+            state.step += 1
+            if not ok:
+                break
+            state.model, state.opt_state = model, opt_state
+        names = list(columns[0]) if columns else []
+        auxs = {name: np.asarray([c[name] for c in columns]) for name in names}
+        recorder.record(first, np.asarray(losses), np.asarray(oks), auxs, _seconds_since(*since), stacklevel + 1)
 
     def flush(self, recorder: Recorder, state: TrainState, stacklevel: int) -> None:
         """Nothing is pending: every call records its steps."""

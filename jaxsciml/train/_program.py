@@ -11,25 +11,35 @@ import jax
 import jax.numpy as jnp
 
 from ._history import named_scalars
-from ._step import NonFiniteStep, TrainStep, make_train_step, step_body
+from ._step import NonFiniteStep, TrainStep, make_train_step, raw_step, state_stays_finite
 
 
 def build_chunk(
     loss_fn: Callable[..., Any],
     optimizer: Any,
     has_aux: bool,
-    nonfinite: NonFiniteStep,
     data: Callable[[Any], Any] | None,
     data_mode: str,
     capacity: int,
 ) -> Callable[..., Any]:
-    """``run(model, opt_state, key, step0, n, stacked)``: up to ``capacity`` steps (``n`` of them, fewer if
-    ``nonfinite == "raise"`` meets a non-finite step) in one ``lax.while_loop``, one compiled program for every ``n``.
+    """``run(model, opt_state, key, step0, n, stacked)``: up to ``capacity`` steps (``n`` of them, fewer if a step's
+    loss or gradient is non-finite) in one ``lax.while_loop``, one compiled program for every ``n``.
 
     Each step is exactly fit's per-step loop: ``key, sub = split(key)`` when a key is carried, the batch
-    ``data(step)`` / ``data(sub)`` / ``stacked[step % len]``, then ``step_body`` (with its non-finite guard).
-    Returns ``(model, opt_state, key, steps_done, losses, oks, aux_columns)``; the per-step buffers have length
-    ``capacity`` and are valid up to ``steps_done``.
+    ``data(step)`` / ``data(sub)`` / ``stacked[step % len]``, then `raw_step` (the update, unguarded). The guard is
+    split in two so that a step costs what a hand-written ``lax.scan`` step costs:
+
+    - per step, the cheap part: the loss and the gradients are finite (``oks``); the loop ends after the first step
+      that fails it;
+    - once per call, the expensive part: ``state_ok``, no entry of the parameters or the optimiser state went from
+      finite (at the start of the call) to NaN/inf (at its end).
+
+    The caller (`_loop.ChunkRunner`) adopts the result only if every step and ``state_ok`` pass; otherwise it replays
+    the call one step at a time with this same program (``n = 1``: the full check on every step, bit-identical
+    steps) to find and skip (or raise on) the offending step.
+
+    Returns ``(model, opt_state, key, steps_done, losses, oks, aux_columns, state_ok)``; the per-step buffers have
+    length ``capacity`` and are valid up to ``steps_done``.
     """
 
     def run(model, opt_state, key, step0, n, stacked):
@@ -48,10 +58,9 @@ def build_chunk(
             else:
                 size = jax.tree_util.tree_leaves(stacked)[0].shape[0]
                 batch = jax.tree_util.tree_map(lambda a: a[step % size], stacked)
-            m, s, loss, aux, ok = step_body(
-                loss_fn, optimizer, has_aux, nonfinite, eqx.combine(params, static_m), eqx.combine(state, static_s),
-                batch,
-            )  # fmt: skip
+            m, s, loss, aux, _, ok = raw_step(
+                loss_fn, optimizer, has_aux, eqx.combine(params, static_m), eqx.combine(state, static_s), batch
+            )
             aux = {name: jnp.reshape(leaf, ()) for name, leaf in named_scalars(aux, "aux")}
             return eqx.filter(m, eqx.is_array), eqx.filter(s, eqx.is_array), key, loss, aux, ok
 
@@ -71,12 +80,13 @@ def build_chunk(
             losses = losses.at[i].set(loss)
             oks = oks.at[i].set(ok)
             auxs = {name: col.at[i].set(aux[name]) for name, col in auxs.items()}
-            stop = ~ok if nonfinite == "raise" else jnp.array(False)
-            return i + 1, params, state, key, losses, oks, auxs, stop
+            return i + 1, params, state, key, losses, oks, auxs, ~ok
 
         carry = (i0, params, state, key, losses, oks, auxs, jnp.array(False))
-        done, params, state, key, losses, oks, auxs, _ = jax.lax.while_loop(cond, body, carry)
-        return eqx.combine(params, static_m), eqx.combine(state, static_s), key, done, losses, oks, auxs
+        done, new_params, new_state, key, losses, oks, auxs, _ = jax.lax.while_loop(cond, body, carry)
+        new_model, new_opt_state = eqx.combine(new_params, static_m), eqx.combine(new_state, static_s)
+        state_ok = state_stays_finite(model, opt_state, new_model, new_opt_state)
+        return new_model, new_opt_state, key, done, losses, oks, auxs, state_ok
 
     return eqx.filter_jit(run)
 
@@ -108,3 +118,25 @@ def _train_step_cache(
     loss_fn: Callable[..., Any], optimizer: Any, has_aux: bool, nonfinite: NonFiniteStep
 ) -> TrainStep:
     return make_train_step(loss_fn, optimizer, has_aux=has_aux, nonfinite=nonfinite)
+
+
+def init_optimizer(optimizer: Any, params: Any) -> Any:
+    """``optimizer.init(params)``, compiled once per optimiser object where the parameters live on one device.
+
+    Eager ``init`` runs one small operation per state leaf (about 1.5 ms for Adam on a 3-layer MLP, a tenth of a
+    2000-step ``fit`` of it); the compiled one is a single call. Parameters spread over several devices keep the eager
+    path, whose state leaves inherit the parameters' shardings.
+    """
+    leaves = [x for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array)]
+    if any(len(x.sharding.device_set) != 1 for x in leaves):
+        return optimizer.init(params)
+    try:
+        init = _init_cache(optimizer)
+    except TypeError:  # an unhashable optimizer
+        return optimizer.init(params)
+    return init(params)
+
+
+@functools.lru_cache(maxsize=32)
+def _init_cache(optimizer: Any) -> Callable[[Any], Any]:
+    return eqx.filter_jit(optimizer.init)

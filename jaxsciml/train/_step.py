@@ -75,17 +75,17 @@ def select_tree(pred: Bool[Array, ""], on_true: PyTree, on_false: PyTree) -> PyT
     return eqx.combine(dyn, static)
 
 
-def step_body(
+def raw_step(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     has_aux: bool,
-    nonfinite: NonFiniteStep,
     model: PyTree,
     opt_state: PyTree,
     batch: PyTree,
     reduce: Callable[[PyTree], PyTree] | None = None,
-) -> tuple[PyTree, PyTree, Scalar, Any, Bool[Array, ""]]:
-    """One optimiser step; shared by the single-device, sharded and ``pmap`` steps.
+) -> tuple[PyTree, PyTree, Scalar, Any, Any, Bool[Array, ""]]:
+    """One optimiser step without a guard: ``(new_model, new_opt_state, loss, aux, grads, finite)``, where
+    ``finite`` is the cheap part of the check (the loss and every gradient entry are finite).
 
     ``reduce`` (e.g. ``lax.pmean`` over a named axis) is applied to the loss, the gradients and the inexact leaves of
     ``aux`` before the update, so that every replica applies the same update.
@@ -106,14 +106,34 @@ def step_body(
     else:
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_model = eqx.apply_updates(model, updates)
-    # One fused check: the loss, the gradients, and every entry of the new parameters and optimiser state that was
-    # finite before (a finite but huge gradient can overflow Adam's or Shampoo's second-moment statistics).
-    ok = (
-        jnp.isfinite(loss)
-        & all_finite(grads)
-        & stays_finite(params, eqx.filter(new_model, eqx.is_inexact_array))
-        & stays_finite(opt_state, new_opt_state)
+    return new_model, new_opt_state, loss, aux, grads, jnp.isfinite(loss) & all_finite(grads)
+
+
+def state_stays_finite(model: PyTree, opt_state: PyTree, new_model: PyTree, new_opt_state: PyTree) -> Bool[Array, ""]:
+    """The expensive part of the check: no entry of the parameters or the optimiser state went from finite to
+    NaN/inf (a finite but huge gradient can overflow Adam's or Shampoo's second-moment statistics)."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    return stays_finite(params, eqx.filter(new_model, eqx.is_inexact_array)) & stays_finite(opt_state, new_opt_state)
+
+
+def step_body(
+    loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    has_aux: bool,
+    nonfinite: NonFiniteStep,
+    model: PyTree,
+    opt_state: PyTree,
+    batch: PyTree,
+    reduce: Callable[[PyTree], PyTree] | None = None,
+) -> tuple[PyTree, PyTree, Scalar, Any, Bool[Array, ""]]:
+    """One guarded optimiser step (`raw_step` plus the full check); shared by the single-device, sharded and
+    ``pmap`` steps. ``reduce``: see `raw_step`."""
+    new_model, new_opt_state, loss, aux, _, finite = raw_step(
+        loss_fn, optimizer, has_aux, model, opt_state, batch, reduce
     )
+    # One fused check: the loss, the gradients, and every entry of the new parameters and optimiser state that was
+    # finite before.
+    ok = finite & state_stays_finite(model, opt_state, new_model, new_opt_state)
     if nonfinite != "ignore":
         new_model, new_opt_state = keep_if_not(ok, (new_model, new_opt_state), (model, opt_state))
     return new_model, new_opt_state, loss, aux, ok

@@ -163,6 +163,23 @@ def test_huge_finite_gradient_is_skipped(opt):
     )
 
 
+@pytest.mark.parametrize("steps_per_call", [None, 8, 1])
+def test_state_only_overflow_mid_call_equals_the_per_step_guard(steps_per_call):
+    """The multi-step program checks the state only at the end of a call; a call whose state overflowed is replayed
+    one step at a time. Training through such a call ends where a per-step guarded loop ends, with the same report."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float32).reshape(6, 4)}
+    opt = optax.adam(1e-2)
+    with pytest.warns(RuntimeWarning, match=f"at step {HUGE_AT} "):
+        res = fit(params, _huge_gradient_loss, opt, _huge_scale, 8, steps_per_call=steps_per_call, progress=False)
+    assert res.history["nonfinite_steps"] == [HUGE_AT] and res.step == 8 and res.history["step"] == list(range(8))
+    p, s = params, opt.init(params)
+    step = make_train_step(_huge_gradient_loss, opt)
+    for i in range(8):
+        p, s, *_ = step(p, s, _huge_scale(i))
+    np.testing.assert_allclose(res.model["w"], p["w"], rtol=1e-6, atol=1e-7)  # two compiled programs: float32 ulps
+    assert int(res.opt_state[0].count) == int(s[0].count) == 7
+
+
 def test_state_entries_that_start_non_finite_are_allowed():
     """reduce_on_plateau starts its best value at inf: a state entry that was already non-finite does not count."""
     opt = optax.chain(ADAM, optax.contrib.reduce_on_plateau(patience=2))

@@ -73,14 +73,15 @@ def test_plan_data_decides_where_batches_come_from():
 # ---------------------------------------------------------------------------------------------------------- _program
 def test_program_equals_the_single_step_and_stops_on_raise():
     """n steps of the compiled while_loop = n calls of the jitted single step (float32 tolerances: two separately
-    compiled programs), whatever n; with nonfinite="raise" it stops at the first non-finite step."""
+    compiled programs), whatever n; it stops after the first step with a non-finite loss or gradient, and reports at the
+    end of the call whether the parameters and optimiser state stayed finite."""
     model = make_model()
     opt_state = _init(model)
-    program = build_chunk(mse_aux, ADAM, True, "skip", make_batch, "step", 16)
-    m, s, key, done, losses, oks, auxs = program(
+    program = build_chunk(mse_aux, ADAM, True, make_batch, "step", 16)
+    m, s, key, done, losses, oks, auxs, state_ok = program(
         model, opt_state, None, jnp.asarray(3), jnp.asarray(5, jnp.int32), None
     )
-    assert int(done) == 5 and key is None and bool(np.all(oks[:5])) and set(auxs) == {"max_err"}
+    assert int(done) == 5 and key is None and bool(np.all(oks[:5])) and set(auxs) == {"max_err"} and bool(state_ok)
     step = make_train_step(mse_aux, ADAM, has_aux=True)
     m2, s2 = model, opt_state
     for i in range(3, 8):
@@ -95,9 +96,12 @@ def test_program_equals_the_single_step_and_stops_on_raise():
         x, y = make_batch(i)
         return jnp.where(i == 2, jnp.nan, x), y
 
-    raising = build_chunk(mse, ADAM, False, "raise", bad_at_2, "step", 16)
-    m3, _, _, done, losses, oks, _ = raising(model, opt_state, None, jnp.asarray(0), jnp.asarray(6, jnp.int32), None)
+    stopping = build_chunk(mse, ADAM, False, bad_at_2, "step", 16)
+    m3, _, _, done, losses, oks, _, state_ok = stopping(
+        model, opt_state, None, jnp.asarray(0), jnp.asarray(6, jnp.int32), None
+    )
     assert int(done) == 3 and list(np.asarray(oks[:3])) == [True, True, False] and np.isnan(losses[2])
+    assert not bool(state_ok)  # the NaN gradient reached the parameters: the end-of-call check sees it too
 
 
 # ------------------------------------------------------------------------------------------------------ _history
@@ -123,7 +127,7 @@ def test_runners_advance_to_the_same_state():
     model = make_model()
     key = jax.random.key(3)
     states, recs = [], []
-    chunk = ChunkRunner(build_chunk(mse, ADAM, False, "skip", make_batch_from_key, "key", 8), None, None, 8)
+    chunk = ChunkRunner(build_chunk(mse, ADAM, False, make_batch_from_key, "key", 8), None, None, 8)
     stepper = StepRunner(cached_train_step(mse, ADAM, False, "skip"), True, Batches(make_batch_from_key, "key", key, 0))
     for runner in (chunk, stepper):
         state, rec = TrainState(model, _init(model), key, 0), _recorder()
