@@ -16,7 +16,9 @@ Tasks: ``mlp`` (``eqx.nn.MLP`` 8->32->32->1, batch 64, Adam, regression on fresh
 
 Timing: every method is compiled/run once first (``first_s``; ``compile_s = first_s - median``), then the methods
 are timed in interleaved rounds (method order rotated each round) and the median over rounds is reported; every
-timed call ends with ``jax.block_until_ready``. ``ratio_vs_scan`` = median / median of ``scan``. The load average is
+timed call ends with ``jax.block_until_ready``. ``ratio_vs_scan`` = median / median of ``scan``; ``cpu_s`` and
+``cpu_ratio_vs_scan`` the same from this process's CPU time (all threads), which other sessions on a shared machine
+disturb less than wall time. The load average is
 recorded before and after since the machine may be shared. ``--baseline FILE`` adds the ``runs`` table of an earlier
 run (e.g. before a change) to the report as ``before``.
 
@@ -274,13 +276,16 @@ def bench_task(name: str, steps: int, rounds: int, quick: bool = False) -> list[
         if isinstance(out, train.FitResult):  # fit's own timing of its first (compiling) call
             fit_info = {k: getattr(out, k) for k in ("compile_s", "step_s") if hasattr(out, k)}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     order = list(methods)
     for r in range(rounds):
         for m in order[r % len(order) :] + order[: r % len(order)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _block(methods[m]())
             times[m].append(time.perf_counter() - t0)
+            cpu[m].append(time.process_time() - c0)
     med = {m: statistics.median(t) for m, t in times.items()}
+    med_cpu = {m: statistics.median(t) for m, t in cpu.items()}
     rows = []
     for m in methods:
         row = {
@@ -293,6 +298,8 @@ def bench_task(name: str, steps: int, rounds: int, quick: bool = False) -> list[
             "first_s": first[m],
             "compile_s": max(first[m] - med[m], 0.0),
             "ratio_vs_scan": med[m] / med["scan"],
+            "cpu_s": med_cpu[m],
+            "cpu_ratio_vs_scan": med_cpu[m] / med_cpu["scan"],
         }
         if m == "fit":
             row.update({f"fit_reported_{k}": v for k, v in fit_info.items()})
@@ -333,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for r in rows:
         if r["method"] != "fit":
             continue
-        s = {"task": r["task"], "fit_over_scan": r["ratio_vs_scan"]}
+        s = {"task": r["task"], "fit_over_scan": r["ratio_vs_scan"], "fit_over_scan_cpu": r.get("cpu_ratio_vs_scan")}
         py = [q["median_s"] for q in rows if q["task"] == r["task"] and q["method"] == "python_loop"]
         s["fit_over_python_loop"] = r["median_s"] / py[0] if py else float("nan")
         summary.append(s)
@@ -349,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     notes = (
         f"Load average (1, 5, 15 min) before: {tuple(round(x, 2) for x in load_before)}, after: "
         f"{tuple(round(x, 2) for x in load_after)}. Medians over {rounds} interleaved rounds, compile excluded "
-        "(reported as compile_s). Target: fit <= 1.3x scan. first_call: the first 100 steps of the MLP in a fresh "
+        "(reported as compile_s). Target: fit <= 1.3x scan. `cpu_s`: the median CPU seconds of this process (all "
+        "threads) for the same calls, less sensitive than wall time to other sessions on the machine. first_call: the "
+        "first 100 steps of the MLP in a fresh "
         f"process ({trials} trials, methods alternated, medians; imports excluded, compilation included). Target: "
         "fit <= 1.5x jit_loop. The machine's 2 cores are shared with other sessions: single timings vary, the "
         "interleaved ratios are the meaningful numbers."

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 from ._history import named_scalars
 from ._step import NonFiniteStep, TrainStep, make_train_step, raw_step, state_stays_finite
 
+# Steps per block of the multi-step program (see `build_chunk`): at most BLOCK - 1 idle iterations per call.
+BLOCK = 8
+
 
 def build_chunk(
     loss_fn: Callable[..., Any],
@@ -23,7 +26,8 @@ def build_chunk(
     capacity: int,
 ) -> Callable[..., Any]:
     """``run(model, opt_state, key, step0, n, stacked)``: up to ``capacity`` steps (``n`` of them, fewer if a step's
-    loss or gradient is non-finite) in one ``lax.while_loop``, one compiled program for every ``n``.
+    loss or gradient is non-finite) in one compiled program for every ``n``: a ``lax.while_loop`` over blocks of
+    `BLOCK` steps, each block a loop of static length whose iterations run a step only while ``i < n``.
 
     Each step is exactly fit's per-step loop: ``key, sub = split(key)`` when a key is carried, the batch
     ``data(step)`` / ``data(sub)`` / ``stacked[step % len]``, then `raw_step` (the update, unguarded). The guard is
@@ -70,7 +74,7 @@ def build_chunk(
         oks = jnp.ones((capacity,), bool)
         auxs = {name: jnp.zeros((capacity,), sd.dtype) for name, sd in shapes[4].items()}
 
-        def cond(carry):
+        def active(carry):
             i, stop = carry[0], carry[-1]
             return (i < n) & ~stop
 
@@ -82,8 +86,14 @@ def build_chunk(
             auxs = {name: col.at[i].set(aux[name]) for name, col in auxs.items()}
             return i + 1, params, state, key, losses, oks, auxs, ~ok
 
+        def block(carry):
+            # BLOCK steps in a loop of static length, each one only while active: XLA compiles a loop with a known
+            # trip count into a faster body than one whose count is a run-time value (measured 21.7 vs 33.0 us per
+            # step for an MLP whose batches are drawn with `jax.random.randint`); the outer loop runs the blocks.
+            return jax.lax.fori_loop(0, BLOCK, lambda _, c: jax.lax.cond(active(c), body, lambda c: c, c), carry)
+
         carry = (i0, params, state, key, losses, oks, auxs, jnp.array(False))
-        done, new_params, new_state, key, losses, oks, auxs, _ = jax.lax.while_loop(cond, body, carry)
+        done, new_params, new_state, key, losses, oks, auxs, _ = jax.lax.while_loop(active, block, carry)
         new_model, new_opt_state = eqx.combine(new_params, static_m), eqx.combine(new_state, static_s)
         state_ok = state_stays_finite(model, opt_state, new_model, new_opt_state)
         return new_model, new_opt_state, key, done, losses, oks, auxs, state_ok
