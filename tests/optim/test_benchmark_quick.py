@@ -51,6 +51,10 @@ def test_peers_skip_with_reason_when_not_importable(monkeypatch):
         "shampoo_default_bc",
         "shampoo_nesterov",
         "spectral",
+        "soap",
+        "soap_beta1_09",
+        "soap_stats_099",
+        "soap_beta2_0999",
     ]
 
 
