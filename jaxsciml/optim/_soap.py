@@ -225,7 +225,14 @@ def soap(
     mesh: Mesh | None = None,
     mesh_axis: str | None = None,
 ) -> optax.GradientTransformation:
-    """SOAP optimizer: :func:`scale_by_soap`, decoupled weight decay, then ``-learning_rate`` scaling."""
+    """SOAP optimizer: :func:`scale_by_soap`, decoupled weight decay, then ``-learning_rate`` scaling.
+
+    The defaults are the SOAP paper's (``beta1 = beta2 = 0.95``, statistics decay ``beta2``, refresh every 10 steps).
+    ``soap(lr, beta1=0.9)`` is the package's recommended optimizer: in ``benchmarks/shampoo_peers.py`` it ends within
+    2% of the best of AdamW, Muon, PSGD Kron and distributed_shampoo (or better) on 7 of 9 tasks at equal steps; it
+    misses linear least squares, where only a long second-moment memory (``beta2=0.999``: the step then shrinks with
+    the gradient) converges as accumulated Shampoo does, at a cost on fast-moving problems.
+    """
     C.positive_float("weight_decay", weight_decay, allow_zero=True)
     if not callable(learning_rate):
         C.positive_float("learning_rate", learning_rate, allow_zero=True)

@@ -51,6 +51,10 @@ def test_peers_skip_with_reason_when_not_importable(monkeypatch):
         "shampoo_default_bc",
         "shampoo_nesterov",
         "spectral",
+        "soap",
+        "soap_beta1_09",
+        "soap_stats_099",
+        "soap_beta2_0999",
     ]
 
 
@@ -68,7 +72,8 @@ def test_shampoo_peers_benchmark_quick(tmp_path):
     assert [r["task"] for r in key] == list(tables)
     for rows in tables.values():
         by = {r["method"]: r for r in rows}
-        assert {"adamw", "muon", "shampoo", "shampoo_bias_corrected"} <= set(by)
+        assert {"adamw", "muon", "shampoo", "shampoo_bias_corrected", "soap", "soap_beta1_09"} <= set(by)
+        assert not {"soap_stats_099", "soap_beta2_0999"} & set(by)  # ablation rows: full runs only
         for peer, status in payload["config"]["peers"].items():
             assert (peer in by) == (status == "ok")
         assert by["adamw"]["step_ratio"] == 1.0 and by["adamw"]["state_ratio"] == 1.0
