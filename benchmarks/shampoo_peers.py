@@ -414,22 +414,19 @@ def make_runner(opt: optax.GradientTransformation, batch_loss: Callable, final_l
 
     @jax.jit
     def chunk(params, s, lr):
-        """``EVERY`` steps from ``(params, s)`` -> (params, state, losses); from a fresh state (``s`` None) the steps
-        are 1..EVERY, from the state it returns the next ``EVERY``."""
-        s = opt.init(params) if s is None else s
+        """``EVERY`` steps from ``(params, s)`` -> (params, state, losses): steps 1..EVERY from ``opt.init(params)``,
+        the next ``EVERY`` from the state it returns (one compilation for both: same shapes)."""
         (p, s), losses = jax.lax.scan(step, (params, s), (jnp.arange(EVERY), jnp.full((EVERY,), lr)))
         return p, s, losses
 
     return train, chunk
 
 
-def steady_chunk(chunk: Callable, params, lr: float) -> tuple:
-    """Compile ``chunk`` for the fresh and the steady-state call, run steps 1..EVERY once (the warm-up, with the
-    first root computation at step 1) -> ``(compile + warm-up seconds, (params, state))`` to time steps
-    EVERY+1..2 EVERY from."""
+def steady_chunk(chunk: Callable, init: Callable, params, lr: float) -> tuple:
+    """Compile ``chunk`` and run steps 1..EVERY once from ``init(params)`` (the warm-up, with the first root
+    computation at step 1) -> ``(compile + warm-up seconds, (params, state))`` to time steps EVERY+1..2 EVERY from."""
     t0 = time.perf_counter()
-    p, s, _ = block(chunk(params, None, jnp.float32(lr)))
-    block(chunk(p, s, jnp.float32(lr)))  # compiles the steady-state call
+    p, s, _ = block(chunk(params, init(params), jnp.float32(lr)))
     return time.perf_counter() - t0, (p, s)
 
 
@@ -469,7 +466,7 @@ def run_task(
             continue
         train, chunk = make_runner(opt, batch_loss, loss, steps)
         if timing_only:
-            compile_s, start_state = steady_chunk(chunk, params, lrs[0])
+            compile_s, start_state = steady_chunk(chunk, opt.init, params, lrs[0])
             chunks[mname] = (chunk, lrs[0], start_state)
             rows.append(
                 dict(
@@ -518,7 +515,7 @@ def run_task(
             )
             continue
         (_, lr, p, n_hit, final_loss) = best
-        chunk_compile_s, start_state = steady_chunk(chunk, params, lr)
+        chunk_compile_s, start_state = steady_chunk(chunk, opt.init, params, lr)
         chunks[mname] = (chunk, lr, start_state)
         rows.append(
             dict(
