@@ -219,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "gradients of the fp32 trajectory (median and p90 over steps x leaves); update_cos_mean likewise. The "
             "per-leaf table gives the same per leaf (and the median over the last quarter of the steps).",
             "- 4bit is the default 4-bit mode (four_bit_mode='eigenbasis', quant_block_size 32, bjorck_iters 2): "
-            "statistics held in their 4-bit eigenbasis (fp32 diagonal, bfloat16 off-diagonal upper triangle), "
-            "root = 4-bit eigenvectors + fp32 eigenvalues; 4bit_roots keeps fp32 statistics; "
+            "statistics held in their 4-bit eigenbasis (fp32 diagonal, off-diagonal upper triangle as int16 "
+            "fixed-point correlations m_ij / sqrt(m_ii m_jj)), root in that basis as fp32 diagonal + float8 "
+            "off-diagonal; 4bit_roots (the paper's form: 4-bit eigenvectors with Björck rectification and fp32 "
+            "eigenvalues of the root) keeps fp32 statistics; "
             "4bit_eigenvalue_tracking is the paper-like schedule (statistics only as 4-bit eigenvectors + "
             "eigenvalues, eigenvalues tracked between refreshes).",
             "- final_loss: independent training runs, same start, minibatches and learning rate (char_lm: mean "
