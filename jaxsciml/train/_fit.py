@@ -162,7 +162,7 @@ def fit(
       hand-written loops.
     - `desc`: the progress bar's label.
     - `steps_per_call`: the most steps run in one device call (>= 1). `None` (default): sized automatically (up to
-      1000, about 0.2 s per call), falling back to one step per call where `data` does not allow more. An explicit
+      4096, about 0.2 s per call), falling back to one step per call where `data` does not allow more. An explicit
       value > 1 raises `ValueError` if `data` (or a custom `train_step`) does not allow it; `1` runs one step per
       call.
     - `max_time_s`: stop after about this many seconds of training (wall time of this call minus compilation),

@@ -26,7 +26,7 @@ from ._timing import compile_seconds
 
 # Without `steps_per_call`, a device call runs up to this many steps, sized so that one call takes about
 # `TARGET_CALL_S` (progress, `max_time_s` and interrupts are then handled a few times a second).
-AUTO_CAPACITY = 1000
+AUTO_CAPACITY = 4096
 AUTO_FIRST = 10
 TARGET_CALL_S = 0.2
 
