@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="CI smoke size")
     parser.add_argument("--problems", default="poisson,rd", help="comma-separated subset of poisson, rd")
     parser.add_argument("--steps", type=int, default=300, help="steps of the default recipe (sets the time budget)")
-    parser.add_argument("--variants", default=None, help="comma-separated substrings selecting rows (default: all)")
+    parser.add_argument("--variants", default=None, help="';'-separated row-name prefixes (default: all rows)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per row (median error reported)")
     parser.add_argument("--name", default=None, help="results file stem (default nsm_ablation)")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
@@ -154,8 +154,8 @@ def main(argv=None) -> dict:
     steps = 6 if args.quick else args.steps
     names = list(VARIANTS)
     if args.variants:
-        keys = [v.strip() for v in args.variants.split(",") if v.strip()]
-        names = [names[0]] + [n for n in names[1:] if any(k in n for k in keys)]
+        keys = [v.strip() for v in args.variants.split(";") if v.strip()]
+        names = [names[0]] + [n for n in names[1:] if any(n.startswith(k) for k in keys)]
     if args.quick:
         names = names[:2] + [n for n in names if n.startswith("SOAP")][:1]
     load_start = os.getloadavg()
