@@ -87,9 +87,10 @@ def default_optimizer(
     ``method``: ``"adam"`` (``optax.adam``, the default) or ``"soap"`` (:func:`jaxsciml.optim.soap`, Adam in the
     eigenbasis of Kronecker-factored gradient statistics, its defaults: betas 0.95, basis refresh every 10 steps,
     blocks of 128). SOAP is opt-in: at equal wall time on a 2-core CPU it is ~8x more accurate than Adam on
-    reaction--diffusion (0.26% vs 2.15%, 300-step budget) and more accurate per step on Burgers / KdV--Burgers, but its
-    step costs ~2.5x Adam's on periodic Poisson, where it is 13x worse at equal time (11% vs 0.87%)
-    (``benchmarks/results/nsm_ablation.md``).
+    reaction--diffusion (0.26% vs 2.15%, 300-step budget; 0.10% vs 0.35% after 1500 steps each) and more accurate per
+    step on Burgers / KdV--Burgers, but its step costs ~2.5x Adam's on periodic Poisson, where it is 13x worse at
+    equal time (11% vs 0.87%) (``benchmarks/results/nsm_ablation.md``).
+
     The paper's schedule shape; the default ``lr = 3e-3`` (since 0.2.0, was ``1e-3``) is the measured best of
     {1e-3, 3e-3, 1e-2} across periodic Poisson, reaction--diffusion, advection and Burgers with the default
     :class:`NSM` (``1e-2`` wins on the time-dependent problems but is 7x worse on Poisson;
