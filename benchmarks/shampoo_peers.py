@@ -37,8 +37,10 @@ Tasks: the four of ``benchmarks/shampoo.py`` (``regression``, ``digits_mlp``, ``
 64-64-16-64-64 tanh autoencoder on scikit-learn digits) and ``char_lm`` (a 2-layer causal transformer, character
 level, on the source of the standard-library module ``argparse``, minibatches of 16 windows of 64 characters).
 Held-out tasks (each added after the choices of its round were made, before any of its results were seen):
-``heldout_mlp_regression`` (a tanh MLP on inputs scaled 1 ... 1e-2) and ``heldout_diabetes_mlp`` (a GELU MLP on
-scikit-learn's diabetes data: a noisy regression).
+``heldout_mlp_regression`` (a tanh MLP on inputs scaled 1 ... 1e-2), ``heldout_diabetes_mlp`` (a GELU MLP on
+scikit-learn's diabetes data: a noisy regression), ``heldout_digits_minibatch`` (a GELU MLP classifier trained on
+minibatches; test cross-entropy as its metric) and ``heldout_logistic`` (L2-regularised logistic regression
+on the digits, full batch: deterministic and strongly convex).
 
 Per task and method: learning rate from one grid shared by all methods (the best = fewest steps to the target loss,
 ties by final loss; ``best_final_loss``: the lowest final loss over the grid, at ``best_final_lr``); steps to the
@@ -87,7 +89,7 @@ from jaxsciml.optim import shampoo, soap, spectral, state_memory_bytes  # noqa: 
 EVERY = 10
 BLOCK = 128
 BETA1, BETA2, EPS, GRAFT_EPS = 0.9, 0.99, 1e-6, 1e-8
-LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 QUICK_LRS = (3e-2,)
 
 DIFFERENCES = (
@@ -339,6 +341,67 @@ def task_heldout_diabetes_mlp(quick: bool):
     return dict(params=params, loss=loss, target=0.5 * l0, metric=("final_loss", loss), steps=100 if quick else 400)
 
 
+def _digits_split() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """scikit-learn's bundled digits (pixels / 16), a fixed 80/20 split -> (x_train, y_train, x_test, y_test)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    perm = np.random.default_rng(15).permutation(len(d.data))
+    x, y = (d.data / 16.0).astype(np.float32)[perm], d.target.astype(np.int32)[perm]
+    ntr = int(0.8 * len(x))
+    return jnp.asarray(x[:ntr]), jnp.asarray(y[:ntr]), jnp.asarray(x[ntr:]), jnp.asarray(y[ntr:])
+
+
+def task_heldout_digits_minibatch(quick: bool):
+    """Held-out (chosen before any result of the round that added it was seen): a GELU MLP 64-128-128-10 classifier
+    on the digits' training split with minibatches of 32 (a stochastic task, like ``char_lm``): as there, the final
+    loss is the trailing mean of the last 10 minibatch losses, and the metric the cross-entropy on the held-out 20%
+    test split."""
+    xtr, ytr, xte, yte = _digits_split()
+    h, batch, steps = (32, 16, 60) if quick else (128, 32, 400)
+    sizes = [64, h, h, 10]
+    params = _mlp_init(15, sizes)
+    idx = jax.random.randint(jax.random.key(15), (steps, batch), 0, xtr.shape[0])
+
+    def xent(p, x, y):
+        logits = _mlp_apply(p, x, len(sizes) - 1, jax.nn.gelu)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+    def batch_loss(p, i):
+        j = idx[i % steps]
+        return xent(p, xtr[j], ytr[j])
+
+    def test_loss(p):
+        return xent(p, xte, yte)
+
+    l0 = float(test_loss(params))
+    return dict(
+        params=params,
+        loss=test_loss,
+        batch_loss=batch_loss,
+        target=0.1 * l0,
+        metric=("test_loss", test_loss),
+        steps=steps,
+        smooth=10,
+    )
+
+
+def task_heldout_logistic(quick: bool):
+    """Held-out (chosen before any result of the round that added it was seen): multinomial logistic regression on
+    the digits' training split, full batch, with an L2 penalty ``1e-3 ||W||^2 / 2``: a deterministic, strongly convex
+    problem with a finite minimiser (the kind of ``regression``, with a non-quadratic loss)."""
+    xtr, ytr, _, _ = _digits_split()
+    params = {"w": jnp.zeros((64, 10), jnp.float32), "b": jnp.zeros(10, jnp.float32)}
+
+    def loss(p):
+        logits = xtr @ p["w"] + p["b"]
+        xent = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ytr))
+        return xent + 0.5e-3 * jnp.sum(p["w"] ** 2)
+
+    l0 = float(loss(params))
+    return dict(params=params, loss=loss, target=0.1 * l0, metric=("final_loss", loss), steps=100 if quick else 400)
+
+
 def _text() -> str:
     import argparse as _module
     import inspect
@@ -429,6 +492,8 @@ TASKS: dict[str, Callable] = {
     "char_lm": task_char_lm,
     "heldout_mlp_regression": task_heldout_mlp_regression,
     "heldout_diabetes_mlp": task_heldout_diabetes_mlp,
+    "heldout_digits_minibatch": task_heldout_digits_minibatch,
+    "heldout_logistic": task_heldout_logistic,
 }
 
 
