@@ -230,7 +230,7 @@ def methods(peers: dict) -> dict[str, optax.GradientTransformation]:
         "spectral": spectral(1.0),
         # eigenvalue-corrected Shampoo (Adam in the Kronecker eigenbasis), package defaults
         "soap": soap(1.0),
-        # the recommended member: SOAP with beta1 = 0.9 (the one setting within 2% of the best peer on 7 of 9 tasks)
+        # the recommended member: SOAP with beta1 = 0.9 (within 2% of the best peer or better on 10 of 11 tasks)
         "soap_beta1_09": soap(1.0, beta1=0.9),
         # the statistics' memory both ways: longer eigenbasis memory (0.99); long second-moment and basis memory
         "soap_stats_099": soap(1.0, shampoo_beta2=0.99),
@@ -399,7 +399,8 @@ def task_heldout_logistic(quick: bool):
         return xent + 0.5e-3 * jnp.sum(p["w"] ** 2)
 
     l0 = float(loss(params))
-    return dict(params=params, loss=loss, target=0.1 * l0, metric=("final_loss", loss), steps=100 if quick else 400)
+    # 15% of the initial loss: the regularised minimum is ~11% of it (a 10% target, the first choice, was unreachable)
+    return dict(params=params, loss=loss, target=0.15 * l0, metric=("final_loss", loss), steps=100 if quick else 400)
 
 
 def _text() -> str:
@@ -923,7 +924,8 @@ def build_notes(tables: dict, lrs, total_s: Sequence[float], load) -> str:
         "compile excluded (compile_s). step_ratio: median over rounds of (method / adamw) in the same round; "
         "step_ratio_vs_ds likewise vs distributed_shampoo. BLAS/LAPACK threads limited to 1 (threadpoolctl).",
         "- char_lm: losses are minibatch training losses averaged over the last 10 steps (target on that running "
-        "mean); final_metric is the loss on 64 held-out windows.",
+        "mean); final_metric is the loss on 64 held-out windows. heldout_digits_minibatch likewise (final_metric: the "
+        "test-split cross-entropy).",
         "- state_bytes: bytes of the optimizer state at init.",
         f"- load average (1, 5, 15 min) before / after each task: {[tuple(round(v, 2) for v in x) for x in load]}; "
         f"total {' + '.join(f'{t:.0f}' for t in total_s)} s (processes run at the same time when several).",

@@ -229,7 +229,7 @@ def soap(
 
     The defaults are the SOAP paper's (``beta1 = beta2 = 0.95``, statistics decay ``beta2``, refresh every 10 steps).
     ``soap(lr, beta1=0.9)`` is the package's recommended optimizer: in ``benchmarks/shampoo_peers.py`` it ends within
-    2% of the best of AdamW, Muon, PSGD Kron and distributed_shampoo (or better) on 7 of 9 tasks at equal steps; it
+    2% of the best of AdamW, Muon, PSGD Kron and distributed_shampoo (or better) on 10 of 11 tasks at equal steps; it
     misses linear least squares, where only a long second-moment memory (``beta2=0.999``: the step then shrinks with
     the gradient) converges as accumulated Shampoo does, at a cost on fast-moving problems.
     """
