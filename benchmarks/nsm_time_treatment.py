@@ -104,11 +104,14 @@ def _model(prob, cfg, seed):
     )  # fmt: skip
 
 
+METHOD = {"method": "adam"}
+
+
 def _train(model, prob, loss_fn, sample_fn, steps, seed, max_time_s=None):
+    opt = pde.default_optimizer(steps, method=METHOD["method"])
     return pde.train_operator(
-        model, loss_fn, sample_fn, steps, jax.random.key(seed + 1), optimizer=pde.default_optimizer(steps),
-        max_time_s=max_time_s,
-    )  # fmt: skip
+        model, loss_fn, sample_fn, steps, jax.random.key(seed + 1), optimizer=opt, max_time_s=max_time_s
+    )
 
 
 def _end_state(model, prob, params, t):
@@ -175,16 +178,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=300, help="steps of the default recipe (sets the time budget)")
     parser.add_argument("--eps", default="1,10,100,1000", help="comma-separated causal eps values")
     parser.add_argument("--no-march", action="store_true", help="skip the time-marching rows")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="model / training seed (held-out sets are fixed)")
+    parser.add_argument("--method", default="adam", help="pde.default_optimizer method for every row (adam, soap)")
     parser.add_argument("--name", default=None, help="results file stem (default nsm_time_treatment)")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     args = parser.parse_args(argv)
+    METHOD["method"] = args.method
     cfg = {"width": 8, "depth": 2, "batch": 4} if args.quick else {"width": 32, "depth": 4, "batch": 16}
     steps = 6 if args.quick else args.steps
     eps_values = [float(e) for e in args.eps.split(",") if e.strip()]
     name = args.name or ("nsm_time_treatment_quick" if args.quick else "nsm_time_treatment")
     rows: list[dict] = []
-    config = dict(cfg, steps=steps, eps=eps_values, seed=args.seed, activation="gelu", dtype="float32")
+    config = dict(
+        cfg, steps=steps, eps=eps_values, seed=args.seed, method=args.method, activation="gelu", dtype="float32"
+    )
     config["load_average"] = {}
 
     def write():
