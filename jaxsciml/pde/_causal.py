@@ -33,7 +33,7 @@ from jaxtyping import Array, ArrayLike
 from ._basis import Chebyshev
 from ._tensor import TensorBasis, as_tensor_basis
 
-__all__ = ["time_nodes", "time_residuals", "causal_weights", "causal_loss"]
+__all__ = ["time_nodes", "time_residuals", "causal_weights", "causal_loss", "problem_causal_loss"]
 
 
 def _time_axis(basis: TensorBasis, time_axis: int) -> tuple[int, Chebyshev]:
@@ -107,10 +107,49 @@ def causal_loss(
     eps: float | ArrayLike,
     nodes: int | None = None,
 ) -> Array:
-    """Causally weighted spectral loss ``mean_b sum_k w_k L_b(t_k) q_k`` (module docstring); a scalar.
+    """Causally weighted spectral loss (Wang, Sankaran & Perdikaris, "Respecting causality is all you need for
+    training physics-informed neural networks", 2022 / CMAME 2024), on residual coefficients; a scalar.
 
-    ``eps = 0`` is the exact spectral loss ``mean_b int R_b^2 dx dt`` (for ``nodes >= n_t``). Works under ``jit`` /
-    ``grad`` / ``vmap``; the weights carry no gradient."""
+    ``L(t) = int_Omega R(x, t)^2 dx`` is evaluated exactly in space (Parseval on Fourier axes, the Gram matrix on
+    Chebyshev axes) at the ``K`` Gauss--Legendre nodes ``t_k`` (weights ``q_k``) of the Chebyshev axis ``time_axis``,
+    and the loss is ``mean_b sum_k w_k L_b(t_k) q_k`` with ``w_k = exp(-eps sum_{j<k} L_b(t_j) q_j)`` (``w_0 = 1``;
+    no gradient through ``w``; per sample ``b``). The residual at a time only counts once the residual before it is
+    small. ``eps = 0`` is the exact spectral loss ``mean_b int R_b^2 dx dt`` (:func:`spectral_loss`) for
+    ``nodes >= n_t`` (default ``K = n_t``: exact for the degree ``2 n_t - 2`` polynomial ``L(t)``). Not renormalised
+    (the loss is at most the spectral loss; Adam is invariant to its scale). ``eps`` (``>= 0``, units
+    ``1 / (loss x time)``) may be traced (an annealing schedule).
+
+    Arguments:
+        residual_coeffs: residual coefficients ``(..., *basis.shape)`` (leading batch axes).
+        basis: the :class:`TensorBasis`.
+        time_axis: the Chebyshev time axis of ``basis`` (a Python int).
+        eps: the causality parameter (measured: ``eps = 100`` on Burgers and reaction--diffusion with losses of
+            order 1e-3..1 and ``T`` = 0.5..1, ``benchmarks/results/nsm_time_treatment.md``).
+        nodes: number of time nodes ``K`` (default ``n_t``).
+
+    From a model: ``nsm_loss(model, problem, params, causal_eps=eps)``. Works under ``jit`` / ``grad`` / ``vmap``.
+    """
     per_time, _, q = time_residuals(residual_coeffs, basis, time_axis, nodes)
     w = causal_weights(per_time, q, eps)
     return jnp.mean(jnp.sum(w * per_time * jnp.asarray(q, per_time.dtype), axis=-1))
+
+
+def problem_causal_loss(
+    problem, u: Array, params: Array, eps: float | ArrayLike, time_axis: int | None = None
+) -> Array:
+    """:func:`causal_loss` of ``problem``'s residual for a batch of solutions ``u`` ``(B, *basis.shape)`` and their
+    parameters; ``time_axis`` defaults to ``problem.time_axis`` (set on :class:`~jaxsciml.pde.Problem`). The causal
+    loss measures the residual in ``L^2``: a problem with a Sobolev-weighted loss (``sobolev != 0``) is refused."""
+    if time_axis is None:
+        time_axis = getattr(problem, "time_axis", None)
+        if time_axis is None:
+            raise ValueError(
+                f"causal weighting needs a time axis: pass `time_axis` (the Chebyshev time axis of the basis); "
+                f"{type(problem).__name__} has no `time_axis`"
+            )
+    if getattr(problem, "sobolev", 0.0) != 0.0:
+        raise ValueError("causal weighting measures the residual in L^2; the problem has `sobolev` != 0")
+    u = problem.basis.check_coeffs(u, "u")
+    if u.ndim != problem.basis.ndim + 1:
+        raise ValueError(f"`u` must be a batch (B, *basis.shape), got shape {u.shape}")
+    return causal_loss(jax.vmap(problem.residual)(u, params), problem.basis, time_axis, eps)
