@@ -5,7 +5,8 @@ Spectral Methods (Du, Chalapathi, Krishnapriyan, ICLR 2024) with an FNO + PINN-l
   via FFT, tau boundary conditions) and :class:`TensorBasis` (1-D to 3-D products); transforms, exact derivatives,
   integrals, evaluation anywhere, 3/2-rule dealiased products.
 - Residual vocabulary: :func:`derivative`, :func:`laplacian`, :func:`product`, :func:`pointwise`; loss
-  :func:`spectral_loss` = exact ``int R^2 dx`` (Parseval on Fourier axes, the exact dx Gram matrix on Chebyshev axes).
+  :func:`spectral_loss` = exact ``int R^2 dx`` (Parseval on Fourier axes, the exact dx Gram matrix on Chebyshev axes);
+  opt-in :func:`causal_loss` (causal weighting along a time axis; ``nsm_loss(..., causal_eps=...)``).
 - Problems (:class:`AbstractProblem`): :class:`PoissonPeriodic`, :class:`PoissonDirichlet`, :class:`ReactionDiffusion`,
   :class:`NavierStokes2D`, :class:`NavierStokesForced2D`, each with the NSM paper's parameter distribution by default
   (:func:`periodic_kernel_spectrum`) and a JAX reference solver.
@@ -27,6 +28,7 @@ Example (periodic Poisson, ``-Laplace(u) = f``)::
 """
 
 from ._basis import AbstractBasis, Chebyshev, Fourier, dealias_size
+from ._causal import causal_loss
 from ._cno import CNO, ChebyshevFourierLayer
 from ._custom import (
     AbstractConstraint,
@@ -119,6 +121,7 @@ __all__ = [
     "solve_reaction_diffusion",
     "sobolev_weights",
     "spectral_loss",
+    "causal_loss",
     "SpectralLayer",
     "squared_norm",
     "TensorBasis",
