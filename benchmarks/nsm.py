@@ -10,6 +10,12 @@ and inference time at several output resolutions.
     python benchmarks/nsm.py            # default size (~15 min on 2 CPU cores)
     python benchmarks/nsm.py --quick    # CI smoke size (< 60 s)
     python benchmarks/nsm.py --small --problems poisson,rd --name nsm_baselines   # a subset, own results file
+    # issue 18's reaction-diffusion run (results/nsm_soap_rd.md): NSM width 16, depth 2, SOAP recipe, 6000 steps
+    python benchmarks/nsm.py --small --problems rd --steps 6000 --nsm-optimizer soap --nsm-width 16 --nsm-depth 2 \
+        --no-baselines --rd-grids 32,64 --nsm-evals 12 --name nsm_soap_rd
+
+FNO rows get the NSM's training time from step times measured side by side before training (``--equal-time probe``,
+the default since issue 18's rd6 run; ``--equal-time wall`` restores the earlier wall-time budget).
 """
 
 from __future__ import annotations
