@@ -494,6 +494,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-baselines", action="store_true", help="skip the SNO / T1 / CNO rows")
     parser.add_argument("--no-h1", action="store_true", help="skip the H^-1-loss NSM row (Poisson)")
     parser.add_argument("--rd-grids", default=None, help="override the reaction-diffusion FNO grids, e.g. 32,64")
+    parser.add_argument("--poisson-grids", default=None, help="override the Poisson FNO grids, e.g. 32")
     parser.add_argument(
         "--equal-time",
         default="probe",
@@ -523,6 +524,8 @@ def main(argv=None) -> dict:
     cfg["baselines"] = not args.no_baselines
     cfg["h1"] = not args.no_h1
     cfg["nsm_optimizer"] = args.nsm_optimizer or "package default"
+    if args.poisson_grids:
+        cfg["poisson_grids"] = [int(g) for g in args.poisson_grids.split(",")]
     if args.rd_grids:
         cfg["rd"] = dict(cfg["rd"], grids=[int(g) for g in args.rd_grids.split(",")])
     if args.ns_steps is not None:
