@@ -7,7 +7,7 @@ by side (``--rounds`` interleaved rounds of a few steps each, medians, compilati
 its learning-rate schedule spans its run. The held-out relative L2 error is evaluated ``--evals`` times during
 training; the time at each evaluation is the training time so far (compilation and evaluation excluded).
 
-    python benchmarks/nsm_rd_configs.py --steps 600            # the run in results/nsm_rd_configs.md
+    python benchmarks/nsm_rd_configs.py --steps 700            # the run in results/nsm_rd_configs.md
     python benchmarks/nsm_rd_configs.py --quick                # smoke size
 """
 
