@@ -47,6 +47,8 @@ CONFIGS = {
     "Adam 3e-3, width 16, depth 4": (16, 4, _adam()),
     "SOAP 3e-3 precondition_every 20, width 16, depth 4": (16, 4, _soap(precondition_every=20)),
     "SOAP 1e-2, width 16, depth 4": (16, 4, _soap(1e-2)),
+    "SOAP 1e-2, width 16, depth 2": (16, 2, _soap(1e-2)),
+    "SOAP 3e-3 precondition_every 20, width 16, depth 2": (16, 2, _soap(precondition_every=20)),
 }
 
 
@@ -75,6 +77,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--evals", type=int, default=6, help="error evaluations per run")
     parser.add_argument("--variants", default=None, help="';'-separated name prefixes (the reference always runs)")
+    parser.add_argument("--reference", default=None, help="name prefix of the reference row (default: the first)")
     parser.add_argument("--name", default=None, help="results file stem (default nsm_rd_configs)")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -85,6 +88,9 @@ def main(argv=None) -> dict:
     test = prob.sample(jax.random.key(123), ntest)
     ref = jax.vmap(lambda p: prob.reference(p, eval_shape))(test)
     names = list(CONFIGS)
+    if args.reference:
+        first = next(n for n in names if n.startswith(args.reference))
+        names = [first] + [n for n in names if n != first]
     if args.variants:
         keys = [v.strip() for v in args.variants.split(";") if v.strip()]
         names = [names[0]] + [n for n in names[1:] if any(n.startswith(k) for k in keys)]
