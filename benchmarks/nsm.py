@@ -171,7 +171,8 @@ def _nsm_width_depth(cfg):
 
 
 def _train_nsm(model, loss, sample, steps, eval_fn=None, evals=0):
-    return _train(model, loss, sample, steps, method=NSM_OPT["method"], eval_fn=eval_fn, evals=evals)
+    lr = NSM_OPT.get("lr") or 3e-3
+    return _train(model, loss, sample, steps, lr=lr, method=NSM_OPT["method"], eval_fn=eval_fn, evals=evals)
 
 
 def _train_equal_time(model, loss, sample, budget_s, max_steps, method="adam"):
@@ -505,9 +506,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--probe-rounds", type=int, default=5, help="interleaved rounds of the step-time probe")
     parser.add_argument("--nsm-width", type=int, default=None, help="the NSM rows' width (default: config width)")
     parser.add_argument("--nsm-depth", type=int, default=None, help="the NSM rows' depth (default: config depth)")
+    parser.add_argument("--nsm-lr", type=float, default=None, help="the NSM rows' peak learning rate (default 3e-3)")
     parser.add_argument("--nsm-evals", type=int, default=0, help="held-out error evaluations during NSM training")
     args = parser.parse_args(argv)
     NSM_OPT["method"] = args.nsm_optimizer
+    NSM_OPT["lr"] = args.nsm_lr
     problems = {p.strip() for p in args.problems.split(",") if p.strip()}
     if not problems or not problems <= {"poisson", "rd", "ns"}:
         parser.error(f"--problems must be a comma-separated subset of poisson, rd, ns; got {args.problems!r}")
@@ -620,8 +623,8 @@ def _write(name, cfg, args, rows, solver_rows, summary, load_start):
     method = NSM_OPT["method"] or inspect.signature(pde.default_optimizer).parameters["method"].default
     width, depth = _nsm_width_depth(cfg)
     config["nsm_recipe"] = (
-        f"width {width}, depth {depth}, GELU, {method} 3e-3 decayed x0.1 exponentially "
-        f"(pde.default_optimizer(steps, method={method!r})), float32"
+        f"width {width}, depth {depth}, GELU, {method} {NSM_OPT.get('lr') or 3e-3:g} decayed x0.1 exponentially "
+        f"(pde.default_optimizer(steps, {NSM_OPT.get('lr') or 3e-3:g}, method={method!r})), float32"
     )
     config["load_average_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
     notes = (
