@@ -10,6 +10,12 @@ and inference time at several output resolutions.
     python benchmarks/nsm.py            # default size (~15 min on 2 CPU cores)
     python benchmarks/nsm.py --quick    # CI smoke size (< 60 s)
     python benchmarks/nsm.py --small --problems poisson,rd --name nsm_baselines   # a subset, own results file
+    # issue 18's reaction-diffusion run (results/nsm_soap_rd.md): NSM width 16, depth 2, SOAP recipe, 6000 steps
+    python benchmarks/nsm.py --small --problems rd --steps 6000 --nsm-optimizer soap --nsm-width 16 --nsm-depth 2 \
+        --no-baselines --rd-grids 32,64 --nsm-evals 12 --name nsm_soap_rd
+
+FNO rows get the NSM's training time from step times measured side by side before training (``--equal-time probe``,
+the default since issue 18's rd6 run; ``--equal-time wall`` restores the earlier wall-time budget).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import statistics
 import sys
+import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks._common import time_call, write_results
-from jaxsciml import pde
+from jaxsciml import pde, train
 
 PAPER = "paper: width 64, depth 4, ReLU, batch 16, Adam 1e-3 exp. decay, 30k steps; Poisson 31x31 modes, RD 64x32"
 DISTRIBUTIONS = (
@@ -36,6 +44,23 @@ DISTRIBUTIONS = (
     "normalised to [0, 1]; Navier-Stokes unforced, nu = 1e-3, T as in config, w0 from the periodic kernel with "
     "l = 0.8 on a 64x64 grid, mean removed"
 )
+
+EQUAL_TIME = {
+    "probe": (
+        "Equal training time (`equal_time: probe`): before training, the NSM's and each FNO's training step are "
+        "timed side by side (each compiled once, then `probe_rounds` interleaved rounds of 8 steps through "
+        "`train.fit`, medians, compile excluded: `probe_step_ms`, and process CPU time per step `probe_cpu_step_ms`), "
+        "and each FNO + PINN trains NSM steps x (NSM probe step time / its probe step time) steps (capped at "
+        "`fno_max_steps`, `steps_capped`), its schedule spanning them; the measured training times (`train_s`: wall, "
+        "compile excluded; `cpu_s`: process CPU seconds of the training call, compile included; `compile_s`) are "
+        "reported, and their ratios in the summary, so that load drift between the runs shows instead of changing "
+        "the step counts."
+    ),
+    "wall": (
+        "Equal training time (`equal_time: wall`): each FNO+PINN trains for (NSM training time / its measured step "
+        "time) steps after a 12-step timing run, capped at `fno_max_steps` and at 1.5x the time, compile excluded."
+    ),
+}
 
 NSM_H1 = "NSM (spectral loss in H^-1, sobolev=-1)"
 
@@ -95,23 +120,59 @@ CONFIGS = {
 # the NSM rows' optimizer (``--nsm-optimizer``; default: the package default `pde.default_optimizer`'s method); the
 # grid baselines (FNO, T1, CNO) and SNO train with Adam, the paper's baseline recipe, unless ``--fno-soap`` adds rows
 NSM_OPT = {"method": None}
+NSM_CURVE: list = []  # the NSM's held-out error during training (``--nsm-evals``)
 
 
-def _train(model, loss, sample, steps, seed=1, lr=3e-3, max_time_s=None, method="adam"):
+def _train(model, loss, sample, steps, seed=1, lr=3e-3, max_time_s=None, method="adam", eval_fn=None, evals=0):
+    """``pde.train_operator`` (or, with ``eval_fn`` and ``evals > 0``, the same ``train.fit`` call with ``eval_fn``
+    recorded ``evals`` times: record ``curve`` = [(step, training time so far, eval)]); adds ``cpu_s``, the process
+    CPU seconds of the call (compilation included)."""
     kw = {} if method is None else {"method": method}
-    return pde.train_operator(
+    opt = pde.default_optimizer(steps, lr, **kw)
+    c0 = time.process_time()
+    if eval_fn is None or evals <= 0:
+        model, rec = pde.train_operator(
+            model, loss, sample, steps, jax.random.key(seed), optimizer=opt, max_time_s=max_time_s
+        )
+        rec["cpu_s"] = time.process_time() - c0
+        return model, rec
+    res = train.fit(
         model,
         loss,
+        opt,
         sample,
         steps,
-        jax.random.key(seed),
-        optimizer=pde.default_optimizer(steps, lr, **kw),
+        key=jax.random.key(seed),
+        data_arg="key",
+        nonfinite="raise",
+        progress=False,
         max_time_s=max_time_s,
+        eval_fn=eval_fn,
+        eval_every=max(steps // evals, 1),
     )
+    cum = [0.0]
+    for t in res.history["time"]:
+        cum.append(cum[-1] + t)
+    rec = {
+        "loss": res.history["loss"],
+        "wall_s": res.wall_s,
+        "compile_s": res.compile_s,
+        "step_s": res.step_s,
+        "train_s": res.wall_s - res.compile_s,
+        "steps": res.step,
+        "cpu_s": time.process_time() - c0,
+        "curve": [(s, cum[s], e) for s, e in zip(res.history["eval_step"], res.history["eval"], strict=True)],
+    }
+    return res.model, rec
 
 
-def _train_nsm(model, loss, sample, steps):
-    return _train(model, loss, sample, steps, method=NSM_OPT["method"])
+def _nsm_width_depth(cfg):
+    return cfg.get("nsm_width") or cfg["width"], cfg.get("nsm_depth") or cfg["depth"]
+
+
+def _train_nsm(model, loss, sample, steps, eval_fn=None, evals=0):
+    lr = NSM_OPT.get("lr") or 3e-3
+    return _train(model, loss, sample, steps, lr=lr, method=NSM_OPT["method"], eval_fn=eval_fn, evals=evals)
 
 
 def _train_equal_time(model, loss, sample, budget_s, max_steps, method="adam"):
@@ -122,6 +183,53 @@ def _train_equal_time(model, loss, sample, budget_s, max_steps, method="adam"):
     _, probe = _train(model, loss, sample, 12, method=method)
     steps = int(min(max(budget_s / probe["step_s"], 4), max_steps))
     return _train(model, loss, sample, steps, max_time_s=1.5 * budget_s, method=method)
+
+
+def _interleaved_step_times(specs, steps, rounds=5, chunk=8):
+    """Median seconds per training step of each ``(model, loss, sample, method)`` in ``specs``, measured side by
+    side: each is compiled once (a first ``chunk``-step ``train.fit`` call, not timed), then ``rounds`` rounds in
+    which every spec in turn runs ``chunk`` more steps (``start=`` the previous result, so the compiled program is
+    reused). Returns ``(wall, cpu)``: lists of median wall / process-CPU seconds per step (compilation excluded),
+    so that load drift during the probe moves all of them alike."""
+    state = []
+    for model, loss, sample, method in specs:
+        kw = {} if method is None else {"method": method}
+        opt = pde.default_optimizer(steps, 3e-3, **kw)
+        res = train.fit(
+            model,
+            loss,
+            opt,
+            sample,
+            chunk,
+            key=jax.random.key(1),
+            data_arg="key",
+            nonfinite="raise",
+            progress=False,
+            steps_per_call=chunk,
+        )
+        state.append([model, loss, sample, opt, res])
+    wall = [[] for _ in specs]
+    cpu = [[] for _ in specs]
+    for _ in range(rounds):
+        for i, st in enumerate(state):
+            model, loss, sample, opt, res = st
+            c0 = time.process_time()
+            res = train.fit(
+                model,
+                loss,
+                opt,
+                sample,
+                res.step + chunk,
+                start=res,
+                data_arg="key",
+                nonfinite="raise",
+                progress=False,
+                steps_per_call=chunk,
+            )
+            cpu[i].append((time.process_time() - c0) / chunk)
+            wall[i].append((res.wall_s - res.compile_s) / chunk)
+            st[4] = res
+    return [statistics.median(w) for w in wall], [statistics.median(c) for c in cpu]
 
 
 def _infer_keys(row):
@@ -144,6 +252,8 @@ def _nsm_row(problem_name, prob, model, rec, test, ref, eval_shape, res_shapes, 
         "rel_l2": err,
         "steps": rec["steps"],
         "train_s": rec["train_s"],
+        "cpu_s": rec.get("cpu_s", float("nan")),
+        "compile_s": rec["compile_s"],
         "step_ms": 1e3 * rec["step_s"],
     }
     for label, shape in res_shapes:
@@ -163,6 +273,8 @@ def _fno_row(problem_name, prob, model, rec, test, grid_shape, res_shapes, metho
         "rel_l2": err,
         "steps": rec["steps"],
         "train_s": rec["train_s"],
+        "cpu_s": rec.get("cpu_s", float("nan")),
+        "compile_s": rec["compile_s"],
         "step_ms": 1e3 * rec["step_s"],
     }
     for label, shape in res_shapes:
@@ -173,30 +285,54 @@ def _fno_row(problem_name, prob, model, rec, test, grid_shape, res_shapes, metho
 
 
 def _nsm_and_fno(name, prob, cfg, grids, test, ref, eval_shape, res, rows, fno_kwargs):
-    """Train an NSM for ``cfg["steps"]`` steps, then an FNO + PINN loss per grid for the NSM's training wall time;
-    append one row per model."""
+    """Train an NSM for ``cfg["steps"]`` steps, then an FNO + PINN loss per grid for the NSM's training time;
+    append one row per model.
+
+    Equal training time (``cfg["equal_time"]``): ``"probe"`` (default) measures the NSM's and every FNO's step time
+    side by side before training (:func:`_interleaved_step_times`) and gives each FNO ``NSM steps x (NSM step time /
+    FNO step time)`` steps (capped at ``fno_max_steps``), so that load drift between the NSM's and the FNOs' training
+    runs does not change their step counts; ``"wall"`` (before) gives each FNO the NSM's measured training wall time
+    (``_train_equal_time``: a 12-step timing run, then ``budget / step time`` steps, stopped at 1.5x the budget)."""
     key = jax.random.key(0)
-    nsm = pde.NSM(
-        prob.basis, prob.in_channels, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key
-    )
-    nsm, rec = _train_nsm(
-        nsm, lambda m, p: pde.nsm_loss(m, prob, p), lambda k: prob.sample(k, cfg["batch"]), cfg["steps"]
-    )
-    rows.append(_nsm_row(name, prob, nsm, rec, test, ref, eval_shape, res))
-    nsm_train_s = rec["train_s"]
+    width, depth = _nsm_width_depth(cfg)
+    nsm = pde.NSM(prob.basis, prob.in_channels, 1, width=width, depth=depth, activation=jax.nn.gelu, key=key)
+    nsm_loss = lambda m, p: pde.nsm_loss(m, prob, p)  # noqa: E731
+    sample = lambda k: prob.sample(k, cfg["batch"])  # noqa: E731
     fno_runs = [(g, "adam") for g in grids] + [(g, "soap") for g in grids[:1] if cfg.get("fno_soap")]
-    for g, method in fno_runs:
-        fno = pde.FNO(2, 1, 1, width=cfg["width"], depth=cfg["depth"], key=key, **fno_kwargs(g))
-        fno, rec = _train_equal_time(
-            fno,
-            lambda m, p, g=g: pde.fno_loss(m, prob, p, (g, g)),
-            lambda k: prob.sample(k, cfg["batch"]),
-            nsm_train_s,
-            cfg["fno_max_steps"],
-            method=method,
-        )
+    fnos = [pde.FNO(2, 1, 1, width=cfg["width"], depth=cfg["depth"], key=key, **fno_kwargs(g)) for g, _ in fno_runs]
+    fno_losses = [lambda m, p, g=g: pde.fno_loss(m, prob, p, (g, g)) for g, _ in fno_runs]
+    probe = cfg.get("equal_time", "probe") == "probe" and cfg["fno_max_steps"] > 50 and fno_runs
+    if probe:
+        specs = [(nsm, nsm_loss, sample, NSM_OPT["method"])]
+        specs += [(f, lo, sample, m) for f, lo, (_, m) in zip(fnos, fno_losses, fno_runs, strict=True)]
+        wall, cpu = _interleaved_step_times(specs, cfg["steps"], rounds=cfg.get("probe_rounds", 5))
+        print({"probe_step_ms": [round(1e3 * w, 2) for w in wall], "load": os.getloadavg()[0]}, flush=True)
+    eval_fn = None
+    if cfg.get("nsm_evals", 0) > 0:
+        jpred = jax.jit(lambda m, p: prob.solution_values(pde.nsm_predict(m, prob, p), eval_shape))
+        eval_fn = lambda m: float(pde.relative_error(jpred(m, test), ref))  # noqa: E731
+    nsm, rec = _train_nsm(nsm, nsm_loss, sample, cfg["steps"], eval_fn=eval_fn, evals=cfg.get("nsm_evals", 0))
+    for step, t, e in rec.get("curve", []):
+        NSM_CURVE.append({"problem": name, "step": step, "train_s": t, "rel_l2": e, "load": os.getloadavg()[0]})
+    row = _nsm_row(name, prob, nsm, rec, test, ref, eval_shape, res)
+    if probe:
+        row["probe_step_ms"], row["probe_cpu_step_ms"] = 1e3 * wall[0], 1e3 * cpu[0]
+    row["load"] = round(os.getloadavg()[0], 2)
+    rows.append(row)
+    nsm_train_s, nsm_steps = rec["train_s"], rec["steps"]
+    for i, ((g, method), fno, loss) in enumerate(zip(fno_runs, fnos, fno_losses, strict=True)):
+        if probe:
+            steps = int(min(max(round(nsm_steps * wall[0] / wall[i + 1]), 4), cfg["fno_max_steps"]))
+            fno, rec = _train(fno, loss, sample, steps, method=method)
+        else:
+            fno, rec = _train_equal_time(fno, loss, sample, nsm_train_s, cfg["fno_max_steps"], method=method)
         label = "FNO + PINN (FD)" if method == "adam" else "FNO + PINN (FD, SOAP)"
-        rows.append(_fno_row(name, prob, fno, rec, test, (g, g), res, method=label))
+        row = _fno_row(name, prob, fno, rec, test, (g, g), res, method=label)
+        if probe:
+            row["probe_step_ms"], row["probe_cpu_step_ms"] = 1e3 * wall[i + 1], 1e3 * cpu[i + 1]
+            row["steps_capped"] = steps == cfg["fno_max_steps"]
+        row["load"] = round(os.getloadavg()[0], 2)
+        rows.append(row)
     if not cfg.get("baselines", True):
         return
     _baselines(name, prob, cfg, grids, test, ref, eval_shape, res, rows, fno_kwargs, nsm_train_s)
@@ -255,9 +391,8 @@ def run_poisson(cfg, rows):
     # the same NSM and steps with the residual measured in H^-1 (pde.PoissonPeriodic(sobolev=-1)): an opt-in loss
     # weighting, not the paper's L^2 loss (its FNO ratios are reported apart in the summary)
     prob_h = pde.PoissonPeriodic(n=cfg["poisson_n"], sobolev=-1.0)
-    nsm = pde.NSM(
-        prob_h.basis, 1, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=jax.random.key(0)
-    )
+    width, depth = _nsm_width_depth(cfg)
+    nsm = pde.NSM(prob_h.basis, 1, 1, width=width, depth=depth, activation=jax.nn.gelu, key=jax.random.key(0))
     nsm, rec = _train_nsm(
         nsm, lambda m, p: pde.nsm_loss(m, prob_h, p), lambda k: prob_h.sample(k, cfg["batch"]), cfg["steps"]
     )
@@ -308,9 +443,8 @@ def run_navier_stokes(cfg, rows, solver_rows):
     eval_shape = (64, 64, 5)
     ref = jax.vmap(lambda p: prob.reference(p, eval_shape))(test)
     key = jax.random.key(0)
-    nsm = pde.NSM(
-        prob.basis, prob.in_channels, 1, width=cfg["width"], depth=cfg["depth"], activation=jax.nn.gelu, key=key
-    )
+    width, depth = _nsm_width_depth(cfg)
+    nsm = pde.NSM(prob.basis, prob.in_channels, 1, width=width, depth=depth, activation=jax.nn.gelu, key=key)
     nsm, rec = _train_nsm(
         nsm, lambda m, p: pde.nsm_loss(m, prob, p), lambda k: prob.sample(k, cfg["batch"]), c["steps"]
     )
@@ -361,8 +495,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-baselines", action="store_true", help="skip the SNO / T1 / CNO rows")
     parser.add_argument("--no-h1", action="store_true", help="skip the H^-1-loss NSM row (Poisson)")
     parser.add_argument("--rd-grids", default=None, help="override the reaction-diffusion FNO grids, e.g. 32,64")
+    parser.add_argument("--poisson-grids", default=None, help="override the Poisson FNO grids, e.g. 32")
+    parser.add_argument(
+        "--equal-time",
+        default="probe",
+        choices=["probe", "wall"],
+        help="FNO steps from step times measured side by side with the NSM's (probe, default) or from the NSM's "
+        "measured training wall time (wall, the behaviour before)",
+    )
+    parser.add_argument("--probe-rounds", type=int, default=5, help="interleaved rounds of the step-time probe")
+    parser.add_argument("--nsm-width", type=int, default=None, help="the NSM rows' width (default: config width)")
+    parser.add_argument("--nsm-depth", type=int, default=None, help="the NSM rows' depth (default: config depth)")
+    parser.add_argument("--nsm-lr", type=float, default=None, help="the NSM rows' peak learning rate (default 3e-3)")
+    parser.add_argument("--nsm-evals", type=int, default=0, help="held-out error evaluations during NSM training")
     args = parser.parse_args(argv)
     NSM_OPT["method"] = args.nsm_optimizer
+    NSM_OPT["lr"] = args.nsm_lr
     problems = {p.strip() for p in args.problems.split(",") if p.strip()}
     if not problems or not problems <= {"poisson", "rd", "ns"}:
         parser.error(f"--problems must be a comma-separated subset of poisson, rd, ns; got {args.problems!r}")
@@ -372,9 +520,15 @@ def main(argv=None) -> dict:
         cfg["steps"] = args.steps
         cfg["fno_max_steps"] = max(cfg["fno_max_steps"], 4 * args.steps)
     cfg["fno_soap"] = args.fno_soap
+    cfg["equal_time"] = args.equal_time
+    cfg["probe_rounds"] = args.probe_rounds
+    cfg["nsm_width"], cfg["nsm_depth"] = args.nsm_width, args.nsm_depth
+    cfg["nsm_evals"] = args.nsm_evals
     cfg["baselines"] = not args.no_baselines
     cfg["h1"] = not args.no_h1
     cfg["nsm_optimizer"] = args.nsm_optimizer or "package default"
+    if args.poisson_grids:
+        cfg["poisson_grids"] = [int(g) for g in args.poisson_grids.split(",")]
     if args.rd_grids:
         cfg["rd"] = dict(cfg["rd"], grids=[int(g) for g in args.rd_grids.split(",")])
     if args.ns_steps is not None:
@@ -408,6 +562,11 @@ def main(argv=None) -> dict:
                         "vs": f"{fno_label[f['method']]} {f['grid']}",
                         "error_ratio_fno_over_nsm": f["rel_l2"] / n["rel_l2"],
                         "train_time_ratio_fno_over_nsm": f["train_s"] / n["train_s"],
+                        "cpu_time_ratio_fno_over_nsm": f["cpu_s"] / n["cpu_s"],
+                        "probe_step_ratio_nsm_over_fno": (
+                            n["probe_step_ms"] / f["probe_step_ms"] if "probe_step_ms" in f else float("nan")
+                        ),
+                        "steps_ratio_fno_over_nsm": f["steps"] / n["steps"],
                         "target_10x_met": f["rel_l2"] / n["rel_l2"] >= 10,
                     }
                 )
@@ -462,7 +621,11 @@ def _write(name, cfg, args, rows, solver_rows, summary, load_start):
     config["distributions"] = DISTRIBUTIONS
     config["nsm_output_scale"] = pde.OUTPUT_SCALE
     method = NSM_OPT["method"] or inspect.signature(pde.default_optimizer).parameters["method"].default
-    config["nsm_recipe"] = f"GELU, {method} 3e-3 decayed x0.1 exponentially (pde.default_optimizer), float32"
+    width, depth = _nsm_width_depth(cfg)
+    config["nsm_recipe"] = (
+        f"width {width}, depth {depth}, GELU, {method} {NSM_OPT.get('lr') or 3e-3:g} decayed x0.1 exponentially "
+        f"(pde.default_optimizer(steps, {NSM_OPT.get('lr') or 3e-3:g}, method={method!r})), float32"
+    )
     config["load_average_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
     notes = (
         "Problems: " + DISTRIBUTIONS + ". Settings vs the paper: " + PAPER + ". Here: width/depth/steps as in "
@@ -471,8 +634,8 @@ def _write(name, cfg, args, rows, solver_rows, summary, load_start):
         "Adam, the paper's baseline recipe, unless the row says SOAP), batch as in config, float32. "
         "A Navier-Stokes reference row with rel_l2 = inf was refused by the solver's Courant-number guard (too few "
         "steps for the grid). "
-        "Equal training time: each FNO+PINN trains for (NSM training time / its measured step time) steps, capped "
-        "at `fno_max_steps`, compile excluded. Errors are relative L2 on held-out parameters against the spectral "
+        + EQUAL_TIME[cfg.get("equal_time", "probe")]
+        + " Errors are relative L2 on held-out parameters against the spectral "
         "reference solvers (FNO on its own grid, NSM on a 64-point-per-axis uniform grid). Inference times are for "
         "the whole test batch, median of repeats, compile excluded. Timings on a small CPU are noisy: "
         "compare ratios within one run, not absolute times across runs. "
@@ -487,7 +650,12 @@ def _write(name, cfg, args, rows, solver_rows, summary, load_start):
     )
     return write_results(
         args.name or {"quick": "nsm_quick", "small": "nsm_small", "default": "nsm"}[name],
-        {"models": rows, "navier_stokes_reference_solver": solver_rows, "summary": summary},
+        {
+            "models": rows,
+            "navier_stokes_reference_solver": solver_rows,
+            "summary": summary,
+            "nsm_error_vs_time": NSM_CURVE,
+        },
         args.out,
         notes=notes,
         config=config,

@@ -110,7 +110,10 @@ def default_optimizer(
     blocks of 128). SOAP is opt-in: at equal wall time on a 2-core CPU it is ~8x more accurate than Adam on
     reaction--diffusion (0.26% vs 2.15%, 300-step budget; 0.10% vs 0.35% after 1500 steps each) and more accurate per
     step on Burgers / KdV--Burgers, but its step costs ~2.5x Adam's on periodic Poisson, where it is 13x worse at
-    equal time (11% vs 0.87%) (``benchmarks/results/nsm_ablation.md``).
+    equal time (11% vs 0.87%) (``benchmarks/results/nsm_ablation.md``). With SOAP a small network is best at equal
+    time on reaction--diffusion: ``NSM(..., width=16, depth=2)`` reaches 0.073% where width 32, depth 4 reaches 0.23%
+    (``benchmarks/results/nsm_rd_configs.md``), and 0.059% after 6000 steps (128 s on a shared 2-core CPU), 13x /
+    40x below FNO + PINN on 32^2 / 64^2 grids at equal time (``benchmarks/results/nsm_soap_rd.md``).
 
     The paper's schedule shape; the default ``lr = 3e-3`` (since 0.2.0, was ``1e-3``) is the measured best of
     {1e-3, 3e-3, 1e-2} across periodic Poisson, reaction--diffusion, advection and Burgers with the default
